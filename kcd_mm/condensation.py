@@ -1,0 +1,139 @@
+"""The E-step's arithmetic: keep schedule, cost-aware scores, partition.
+
+Everything here is a pure function of tensors and ints, so the schedule can
+be planned ahead (for an honest ETA), tested against the reference's table
+and run at ImageNet scale in a fraction of a second.
+"""
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+
+def next_keep_size(num_samples: int, current: int, theta: float,
+                   num_steps: int) -> int:
+    """n_{t+1} = max(|D_t| - floor(N(1-theta)/K), floor(theta N)).
+
+    Never larger than ``current``: the kept set only shrinks.
+    """
+    step = math.floor(num_samples * (1.0 - theta) / num_steps)
+    floor_size = math.floor(theta * num_samples)
+    return min(current, max(current - step, floor_size))
+
+
+def boundary_epochs(stage_epochs: int, max_epochs: int) -> List[int]:
+    """Epochs completed at each E-step: T, 2T, ... strictly before the end.
+
+    The reference also condenses after the last epoch, which changes no
+    training, so it is skipped here.
+    """
+    return list(range(stage_epochs, max_epochs, stage_epochs))
+
+
+def keep_schedule(num_samples: int,
+                  theta: float,
+                  num_steps: int,
+                  stage_epochs: int,
+                  max_epochs: int,
+                  start_epoch: int = 0,
+                  start_size: Optional[int] = None) -> List[int]:
+    """Kept-set size for each epoch ``start_epoch .. max_epochs - 1``.
+
+    ``start_size`` is the kept size entering ``start_epoch`` (default N), so
+    a resumed run can plan its remaining epochs.
+    """
+    sizes = []
+    size = num_samples if start_size is None else start_size
+    boundaries = set(boundary_epochs(stage_epochs, max_epochs))
+    for epoch in range(start_epoch, max_epochs):
+        if epoch in boundaries and epoch != start_epoch:
+            size = next_keep_size(num_samples, size, theta, num_steps)
+        sizes.append(size)
+    return sizes
+
+
+def iterations_per_epoch(size: int,
+                         batch_size: int,
+                         world_size: int = 1,
+                         drop_last: bool = False) -> int:
+    """Iterations a rank runs on ``size`` samples (DefaultSampler round_up)."""
+    per_rank = math.ceil(size / world_size)
+    if drop_last:
+        return per_rank // batch_size
+    return math.ceil(per_rank / batch_size)
+
+
+def cost_aware_scores(value_sum: torch.Tensor, visits: torch.Tensor,
+                      exponent: float, ref_epochs: float) -> torch.Tensor:
+    """S(x) = (F(x) / T_ref) ** exponent * V(x); 0 for unvisited samples."""
+    visits = visits.double()
+    mean_value = value_sum.double() / visits.clamp(min=1)
+    return (visits / ref_epochs).pow(exponent) * mean_value
+
+
+def rank_samples(scores: torch.Tensor) -> torch.Tensor:
+    """Indices of all samples, highest score first; ties by lower index."""
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
+@dataclass
+class Condensation:
+    """The result of one VAKS step.
+
+    Attributes:
+        kept: indices kept, in rank order (top first).
+        tail: the lowest-ranked kept samples, each blended with ``lost``.
+        lost: the samples ranked just below the cut, paired with ``tail``.
+        lam: blend weight of each tail sample (its partner gets 1 - lam).
+    """
+    kept: torch.Tensor
+    tail: torch.Tensor
+    lost: torch.Tensor
+    lam: torch.Tensor
+
+    @property
+    def num_blended(self) -> int:
+        return int(self.tail.numel())
+
+
+def condense(order: torch.Tensor, current_size: int, num_keep: int,
+             lam_range: Sequence[float] = (0.7, 1.0),
+             summary: bool = True) -> Condensation:
+    """Three-way partition of the ranked samples and tail/lost pairing.
+
+    Keeps the top ``num_keep``. The L = ``current_size - num_keep`` samples
+    just below the cut are dropped; the k-th of them (k = 0 highest) is
+    folded into the k-th of the L lowest kept samples with
+    ``lam_k = lam_min + (lam_max - lam_min) * (L - k) / L``. If fewer than L
+    samples are kept, only that many pairs are formed.
+
+    Args:
+        order: all N indices, best first (:func:`rank_samples`).
+        current_size: |D_t|, the size of the kept set being condensed.
+        num_keep: n_{t+1}.
+        lam_range: (lam_min, lam_max); the reference uses (0.7, 1.0).
+        summary: False gives the reference's prune-only variant.
+    """
+    if not 0 < num_keep <= order.numel():
+        raise ValueError(f'cannot keep {num_keep} of {order.numel()} samples')
+    kept = order[:num_keep]
+    num_lost = max(current_size - num_keep, 0)
+    num_pairs = min(num_lost, num_keep) if summary else 0
+    lost = order[num_keep:num_keep + num_pairs]
+    tail = order[num_keep - num_pairs:num_keep]
+    lam_min, lam_max = lam_range
+    k = torch.arange(num_pairs, dtype=torch.float64)
+    lam = lam_min + (lam_max - lam_min) * (num_lost - k) / max(num_lost, 1)
+    return Condensation(kept=kept, tail=tail, lost=lost, lam=lam.float())
+
+
+def check_lam_range(lam_range: Tuple[float, float]) -> Tuple[float, float]:
+    """Validate (lam_min, lam_max) within [0, 1]; returns floats."""
+    lo, hi = (float(x) for x in lam_range)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(
+            f'lam_range={tuple(lam_range)} must satisfy 0 <= lam_min <= '
+            'lam_max <= 1 (the tail sample keeps lam of its own pixels); '
+            'the reference uses (0.7, 1.0).')
+    return lo, hi

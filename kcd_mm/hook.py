@@ -1,0 +1,317 @@
+"""KCDHook: runs KCD's E-step inside mmengine's training loop."""
+import json
+import os
+import os.path as osp
+import time
+from dataclasses import asdict
+from typing import Dict, Optional, Sequence
+
+import torch
+from mmengine.dist import all_reduce, get_world_size, is_distributed
+from mmengine.dist import is_main_process
+from mmengine.hooks import Hook
+from mmengine.runner import EpochBasedTrainLoop
+from mmrazor.registry import HOOKS
+
+from .condensation import boundary_epochs, iterations_per_epoch, keep_schedule
+from .dataset import KnowledgeSummaryDataset
+from .loss import ValueWeightedLoss
+from .sampler import KCDSampler
+from .state import KCDOptions, KCDState
+
+CKPT_KEY = 'kcd_state'
+
+
+def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    all_reduce(tensor, op='sum')
+    return tensor
+
+
+@HOOKS.register_module()
+class KCDHook(Hook):
+    """Knowledge Condensation Distillation's E-step and bookkeeping.
+
+    Each iteration it passes the batch's ``sample_idx`` to the model's
+    :class:`ValueWeightedLoss` and banks the values it computed. Each epoch
+    it merges all ranks' records. Every ``stage_epochs`` epochs it ranks
+    all samples, condenses the kept set, hands it to :class:`KCDSampler`,
+    appends a line to ``<work_dir>/kcd_stages.jsonl`` and logs the same
+    figures under ``kcd/``. Its state is saved in every checkpoint.
+
+    Args:
+        stage_epochs (int): T, epochs per stage. Defaults to 40.
+        theta (float): final kept fraction floor, in (0, 1]. Defaults to 0.7.
+        num_steps (int): K, condensations from N to theta*N. Defaults to 6.
+        score_exponent (float): exponent of the visit bonus. Defaults to 0.03.
+        score_ref_epochs (float, optional): T_ref of the visit bonus; None
+            uses ``stage_epochs``. Defaults to None.
+        lam_range (tuple): (lam_min, lam_max) of the summary blend.
+            Defaults to (0.7, 1.0).
+        summary (bool): blend dropped samples into the kept tail (needs
+            :class:`KnowledgeSummaryDataset`); False prunes only.
+            Defaults to True.
+        record_file (str): stage record name in the work dir.
+    """
+
+    priority = 'NORMAL'  # before CheckpointHook (VERY_LOW): saves new state
+
+    def __init__(self,
+                 stage_epochs: int = 40,
+                 theta: float = 0.7,
+                 num_steps: int = 6,
+                 score_exponent: float = 0.03,
+                 score_ref_epochs: Optional[float] = None,
+                 lam_range: Sequence[float] = (0.7, 1.0),
+                 summary: bool = True,
+                 record_file: str = 'kcd_stages.jsonl') -> None:
+        self.options = KCDOptions(
+            stage_epochs=stage_epochs,
+            theta=theta,
+            num_steps=num_steps,
+            score_exponent=score_exponent,
+            score_ref_epochs=score_ref_epochs,
+            lam_range=tuple(lam_range),
+            summary=summary)
+        self.record_file = record_file
+        self.state: Optional[KCDState] = None
+        self._loaded: Optional[Dict] = None
+        self._loss: Optional[ValueWeightedLoss] = None
+        self._epoch_samples = 0
+        self._epoch_skipped = 0
+
+    # ---------------------------------------------------------- set-up
+    def before_train(self, runner) -> None:
+        loader = runner.train_dataloader
+        self._sampler = self._find_sampler(loader)
+        dataset = loader.dataset
+        if self.options.summary and not isinstance(dataset,
+                                                   KnowledgeSummaryDataset):
+            raise TypeError(
+                'KCDHook(summary=True) needs the training dataset wrapped: '
+                "train_dataloader.dataset=dict(type='mmrazor."
+                "KnowledgeSummaryDataset', dataset=<your dataset>); or set "
+                'summary=False for prune-only KCD.')
+        loop = runner.train_loop
+        if not isinstance(loop, EpochBasedTrainLoop):
+            raise TypeError('KCDHook needs an epoch-based train loop '
+                            "(train_cfg=dict(by_epoch=True, ...)).")
+        if self.options.stage_epochs > loop.max_epochs:
+            raise ValueError(
+                f'KCDHook stage_epochs={self.options.stage_epochs} exceeds '
+                f'the run ({loop.max_epochs} epochs): no condensation would '
+                'happen. Choose stage_epochs <= max_epochs / 2.')
+        self._loss = self._find_loss(runner.model)
+        self.state = KCDState(len(dataset), self.options)
+        if self._loaded is not None:
+            self._restore(runner)
+        else:
+            self._start_record_file(runner)
+        self._sampler.set_kept(*self._kept_and_pairs())
+        self._plan_iterations(runner)
+        self._warn_iteration_schedulers(runner)
+        boundaries = boundary_epochs(self.options.stage_epochs,
+                                     loop.max_epochs)
+        runner.logger.info(
+            f'KCD: N={self.state.num_samples}, {self.options}, '
+            f'E-steps after epochs {boundaries}, kept now '
+            f'{self.state.kept_size}, knowledge bank '
+            f'{self.state.bank.nbytes / 2**20:.1f} MiB')
+
+    @staticmethod
+    def _find_sampler(loader) -> KCDSampler:
+        sampler = loader.sampler
+        if not isinstance(sampler, KCDSampler):
+            sampler = getattr(loader.batch_sampler, 'sampler', None)
+        if not isinstance(sampler, KCDSampler):
+            raise TypeError(
+                'KCDHook needs train_dataloader.sampler='
+                "dict(type='mmrazor.KCDSampler', shuffle=True); got "
+                f'{type(loader.sampler).__name__}.')
+        return sampler
+
+    @staticmethod
+    def _find_loss(model) -> ValueWeightedLoss:
+        losses = [
+            m for m in model.modules()
+            if isinstance(m, ValueWeightedLoss) and m.record
+        ]
+        if len(losses) != 1:
+            raise TypeError(
+                'KCDHook needs exactly one recording ValueWeightedLoss in '
+                f'the model, found {len(losses)}. Wrap the logits distill '
+                "loss: dict(type='ValueWeightedLoss', loss=dict(type="
+                "'KLDivergence', ...)); set record=False on any others.")
+        return losses[0]
+
+    def _kept_and_pairs(self):
+        pairs = self.state.pairs
+        if pairs is None or not self.options.summary:
+            return (self.state.kept, )
+        return self.state.kept, pairs.tail, pairs.lost, pairs.lam
+
+    def _restore(self, runner) -> None:
+        saved = self._loaded
+        self._loaded = None
+        self.state.load_state_dict(saved)
+        old = saved.get('options', {})
+        changed = {
+            k: (old[k], v)
+            for k, v in asdict(self.options).items()
+            if k in old and _differs(old[k], v)
+        }
+        if changed:
+            runner.logger.warning(
+                'KCD options differ from the checkpoint (saved, now): '
+                f'{changed}; the new ones apply from the next E-step.')
+        runner.logger.info(
+            f'KCD resumed at stage {self.state.stage}: kept '
+            f'{self.state.kept_size}/{self.state.num_samples}, '
+            f'{self.state.sample_iters} samples trained so far.')
+        if is_main_process():
+            self._rewrite_records(runner)
+
+    # ------------------------------------------------------ per iteration
+    def before_train_iter(self, runner, batch_idx: int,
+                          data_batch: Optional[dict] = None) -> None:
+        samples = data_batch['data_samples']
+        try:
+            idx = [s.metainfo['sample_idx'] for s in samples]
+        except KeyError:
+            raise KeyError(
+                'KCD needs sample_idx in every data sample: use an mmengine '
+                'BaseDataset (it adds sample_idx) and a pipeline ending in '
+                'PackInputs, which keeps it.') from None
+        labels = None
+        if 'gt_label' in samples[0]:
+            labels = torch.cat([s.gt_label.reshape(-1)[:1] for s in samples])
+        self._loss.set_batch(torch.tensor(idx, dtype=torch.int64), labels)
+
+    def after_train_iter(self,
+                         runner,
+                         batch_idx: int,
+                         data_batch: Optional[dict] = None,
+                         outputs: Optional[dict] = None) -> None:
+        for sample_idx, values in self._loss.pop_records():
+            self._epoch_skipped += self.state.bank.record(sample_idx, values)
+        self._epoch_samples += len(data_batch['data_samples'])
+
+    # ---------------------------------------------------------- per epoch
+    def after_train_epoch(self, runner) -> None:
+        reduce_fn = _sum_over_ranks if is_distributed() else None
+        self.state.bank.merge(reduce_fn)
+        counts = torch.tensor([self._epoch_samples, self._epoch_skipped],
+                              dtype=torch.int64)
+        if reduce_fn is not None:
+            counts = reduce_fn(counts)
+        self._epoch_samples = self._epoch_skipped = 0
+        self.state.count_epoch(int(counts[0]))
+        if int(counts[1]):
+            runner.logger.warning(
+                f'KCD skipped {int(counts[1])} non-finite knowledge values '
+                'this epoch (NaN/inf logits); those samples keep their '
+                'earlier values.')
+        epochs_done = runner.epoch + 1
+        if epochs_done not in boundary_epochs(self.options.stage_epochs,
+                                              runner.max_epochs):
+            return
+        record = self.state.estep(epochs_done)
+        self._sampler.set_kept(*self._kept_and_pairs())
+        self._plan_iterations(runner, start_epoch=epochs_done)
+        self._publish(runner, record)
+
+    # --------------------------------------------------------- checkpoint
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self.state is not None:
+            checkpoint[CKPT_KEY] = self.state.state_dict()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        self._loaded = checkpoint.get(CKPT_KEY)
+        if self._loaded is None:
+            runner.logger.warning(
+                'The resumed checkpoint has no KCD state (written without '
+                'KCDHook?): KCD starts afresh from the full training set.')
+
+    # ------------------------------------------------------------ records
+    def _record_path(self, runner) -> str:
+        return osp.join(runner.work_dir, self.record_file)
+
+    def _start_record_file(self, runner) -> None:
+        """A fresh run starts a fresh record; an old one is kept aside."""
+        path = self._record_path(runner)
+        if is_main_process() and osp.isfile(path) and osp.getsize(path):
+            stamp = time.strftime('%Y%m%d_%H%M%S')
+            os.replace(path, f'{path[:-len(".jsonl")]}.{stamp}.jsonl')
+            runner.logger.info(f'KCD: kept the previous run\'s {path} as '
+                               f'{self.record_file[:-6]}.{stamp}.jsonl')
+
+    def _rewrite_records(self, runner) -> None:
+        """Resumed: the file holds exactly the checkpoint's stages."""
+        path = self._record_path(runner)
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as f:
+            for record in self.state.records:
+                f.write(json.dumps(record) + '\n')
+        os.replace(tmp, path)
+
+    def _publish(self, runner, record: Dict) -> None:
+        if is_main_process():
+            with open(self._record_path(runner), 'a') as f:
+                f.write(json.dumps(record) + '\n')
+                f.flush()
+                os.fsync(f.fileno())
+        n = record['num_samples']
+        ratio = record['sample_iters'] / max(record['full_kd_sample_iters'],
+                                             1)
+        runner.logger.info(
+            f"KCD stage {record['stage']} after epoch {record['epoch']}: "
+            f"kept {record['kept']}/{n} ({100 * record['kept'] / n:.1f}%), "
+            f"blended {record['blended']}, dropped {record['dropped']}; "
+            f"samples trained {record['sample_iters']} = {ratio:.3f} of KD; "
+            f"value mean {record['value_mean']:.4f} std "
+            f"{record['value_std']:.4f}; E-step "
+            f"{record['estep_seconds'] * 1e3:.1f} ms")
+        scalars = {
+            f'kcd/{k}': v
+            for k, v in record.items() if k not in ('stage', 'epoch')
+        }
+        scalars['kcd/kept_fraction'] = record['kept'] / n
+        runner.visualizer.add_scalars(scalars, step=record['epoch'])
+
+    # ---------------------------------------------------------------- ETA
+    def _plan_iterations(self, runner, start_epoch: Optional[int] = None):
+        """Make train_loop.max_iters (the logger's ETA) follow the schedule.
+
+        mmengine computes it once as max_epochs * len(dataloader); KCD's
+        epochs shrink, and the schedule is known in advance.
+        """
+        loop, loader = runner.train_loop, runner.train_dataloader
+        if loader.batch_size is None:
+            return
+        start = loop.epoch if start_epoch is None else start_epoch
+        opts = self.options
+        sizes = keep_schedule(self.state.num_samples, opts.theta,
+                              opts.num_steps, opts.stage_epochs,
+                              loop.max_epochs, start, self.state.kept_size)
+        world = get_world_size()
+        loop._max_iters = loop.iter + sum(
+            iterations_per_epoch(s, loader.batch_size, world,
+                                 loader.drop_last) for s in sizes)
+
+    @staticmethod
+    def _warn_iteration_schedulers(runner) -> None:
+        schedulers = runner.param_schedulers or []
+        if isinstance(schedulers, dict):
+            schedulers = [s for group in schedulers.values() for s in group]
+        if any(not getattr(s, 'by_epoch', True) for s in schedulers):
+            runner.logger.warning(
+                'KCD shortens epochs, but some param_scheduler is '
+                'iteration-based (by_epoch=False or convert_to_iter_based):'
+                ' it was sized for full epochs and will run behind. Use '
+                'epoch-based schedules with KCD.')
+
+
+def _differs(a, b) -> bool:
+    """Option values differ (a list and a tuple of equal items do not)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return tuple(a) != tuple(b)
+    return a != b

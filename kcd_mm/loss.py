@@ -1,0 +1,177 @@
+"""ValueWeightedLoss: any MMRazor logits distill loss, plus knowledge values.
+
+The wrapper sits where the distill loss sat in ``distill_losses``, so it
+sees the student and teacher logits of the training forward pass. It
+computes each sample's knowledge value from them (no extra forward) and
+hands ``(sample_idx, value)`` to :class:`KCDHook`; the loss it returns is
+the wrapped loss unchanged (``weighting='uniform'``, the reference) or the
+per-sample losses weighted by normalised value (``weighting='value'``).
+"""
+import inspect
+import types
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmrazor.registry import MODELS
+
+from . import per_sample as splits
+from .values import get_value_measure
+
+_WEIGHTINGS = ('uniform', 'value')
+_SPLITS = (None, 'vmap')
+
+
+def _forward(self, *args, **kwargs):
+    return self._compute(*args, **kwargs)
+
+
+@MODELS.register_module()
+class ValueWeightedLoss(nn.Module):
+    """Wrap a distill loss; record per-sample knowledge values.
+
+    Its forward takes exactly the wrapped loss's arguments (so
+    ``loss_forward_mappings`` stay as they were); the first two must be the
+    student's and the teacher's class logits.
+
+    Args:
+        loss (dict | nn.Module): the distill loss to wrap, e.g.
+            ``dict(type='KLDivergence', tau=4, loss_weight=0.9)``.
+        value (str): knowledge value measure: ``'entropy'`` (student
+            entropy, the reference), ``'teacher_kl'``, ``'ce'`` or
+            ``'margin'``. See :mod:`kcd_mm.values`.
+        weighting (str): ``'uniform'`` returns the wrapped loss as is;
+            ``'value'`` weights per-sample losses by value / mean value.
+        per_sample (str, optional): how to split a loss kcd_mm has no rule
+            for: None refuses it, ``'vmap'`` evaluates each sample as a batch
+            of one (checked against the batch loss on the first batch).
+        record (bool): record values for the E-step. Exactly one wrapped
+            loss per model records. Defaults to True.
+    """
+
+    def __init__(self,
+                 loss: Union[dict, nn.Module],
+                 value: str = 'entropy',
+                 weighting: str = 'uniform',
+                 per_sample: Optional[str] = None,
+                 record: bool = True) -> None:
+        super().__init__()
+        self.loss = MODELS.build(loss) if isinstance(loss, dict) else loss
+        name = type(self.loss).__name__
+        self.value = value
+        self.value_fn, _, self._needs_labels = get_value_measure(value)
+        if weighting not in _WEIGHTINGS:
+            raise ValueError(f'ValueWeightedLoss weighting={weighting!r}: '
+                             f'choose one of {_WEIGHTINGS}.')
+        if per_sample not in _SPLITS:
+            raise ValueError(f'ValueWeightedLoss per_sample={per_sample!r}: '
+                             f'choose one of {_SPLITS}.')
+        if per_sample is None and not splits.has_rule(self.loss):
+            raise TypeError(
+                f'ValueWeightedLoss cannot wrap {name}: kcd_mm knows no '
+                'per-sample form of it, so it cannot give per-sample values '
+                'or weights. Known logits losses: '
+                f'{splits.known_losses()}. Fix: '
+                'wrap one of those, register a rule with '
+                '@kcd_mm.per_sample.register(' + repr(name) + '), or set '
+                "per_sample='vmap' if the loss is a mean over samples of "
+                'class logits.')
+        self.weighting = weighting
+        self.split = per_sample
+        self.record = record
+        self._split_checked = per_sample is None
+        self._sig = inspect.signature(self.loss.forward)
+        self._params = list(self._sig.parameters)
+        if len(self._params) < 2:
+            raise TypeError(f'ValueWeightedLoss cannot wrap {name}: its '
+                            'forward must take student and teacher logits')
+        # The distiller checks loss_forward_mappings against forward's
+        # signature: show the wrapped loss's, on this instance only.
+        fn = types.FunctionType(_forward.__code__, _forward.__globals__,
+                                'forward')
+        fn.__signature__ = inspect.signature(type(self.loss).forward)
+        self.forward = types.MethodType(fn, self)
+        self._batch: Optional[Tuple[torch.Tensor,
+                                    Optional[torch.Tensor]]] = None
+        self._records: List[Tuple[torch.Tensor, torch.Tensor]] = []
+
+    def set_batch(self, sample_idx: torch.Tensor,
+                  labels: Optional[torch.Tensor]) -> None:
+        """Called by KCDHook before each iteration with the batch's ids."""
+        self._batch = (sample_idx, labels)
+
+    def pop_records(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """(sample_idx, values) pairs recorded since the last call."""
+        records, self._records = self._records, []
+        return records
+
+    def _labels(self, bound: inspect.BoundArguments) -> Optional[torch.Tensor]:
+        labels = bound.arguments.get('gt_labels')
+        if labels is None and self._batch is not None:
+            labels = self._batch[1]
+        return labels
+
+    def _compute(self, *args, **kwargs) -> torch.Tensor:
+        bound = self._sig.bind(*args, **kwargs)
+        preds_S = bound.arguments[self._params[0]]
+        preds_T = bound.arguments[self._params[1]]
+        if preds_S.dim() != 2:
+            raise ValueError(
+                f'ValueWeightedLoss expects class logits (batch, classes) as '
+                f'{self._params[0]!r}, got shape {tuple(preds_S.shape)}: '
+                'record the head.fc outputs (ModuleOutputs) for this loss.')
+        values = None
+        if self.training and (self.record or self.weighting == 'value'):
+            labels = self._labels(bound)
+            if self._needs_labels and labels is None:
+                raise ValueError(
+                    f'value={self.value!r} needs the batch labels; add '
+                    'mmrazor.KCDHook to custom_hooks (it passes them).')
+            with torch.no_grad():
+                values = self.value_fn(preds_S.detach(), preds_T.detach(),
+                                       labels)
+        if self.training and self.record:
+            if self._batch is None:
+                raise RuntimeError(
+                    'ValueWeightedLoss got no sample_idx for this batch: add '
+                    "dict(type='mmrazor.KCDHook') to custom_hooks, or set "
+                    'record=False on this loss.')
+            sample_idx = self._batch[0]
+            if sample_idx.numel() != preds_S.shape[0]:
+                raise RuntimeError(
+                    f'ValueWeightedLoss: batch has {preds_S.shape[0]} logits '
+                    f'but {sample_idx.numel()} sample_idx; batch-level '
+                    'augments that change the batch size are not supported.')
+            self._records.append((sample_idx, values))
+            self._batch = None
+        if self.weighting == 'uniform' or not self.training:
+            return self.loss(*args, **kwargs)
+        return self._weighted(bound, values)
+
+    def _weighted(self, bound: inspect.BoundArguments,
+                  values: torch.Tensor) -> torch.Tensor:
+        args = list(bound.args)
+        if self.split == 'vmap':
+            rows = splits.vmap_per_sample_loss(self.loss, *args)
+            if not self._split_checked:
+                self._check_split(rows, bound)
+        else:
+            rows = splits.per_sample_loss(self.loss, *args)
+        weights = torch.nan_to_num(values.clamp(min=0), nan=0.0)
+        mean = weights.mean()
+        weights = weights / mean if mean > 0 else torch.ones_like(weights)
+        return (weights.to(rows.dtype) * rows).mean()
+
+    def _check_split(self, rows: torch.Tensor,
+                     bound: inspect.BoundArguments) -> None:
+        with torch.no_grad():
+            full = self.loss(*bound.args, **bound.kwargs)
+        if not torch.allclose(rows.detach().mean(), full, rtol=1e-4,
+                              atol=1e-6):
+            raise TypeError(
+                f'ValueWeightedLoss per_sample="vmap": {type(self.loss).__name__}'
+                f' is not a mean over samples (per-sample mean '
+                f'{float(rows.mean()):.6g} != batch loss {float(full):.6g}). '
+                'Register an exact rule with @kcd_mm.per_sample.register.')
+        self._split_checked = True
+

@@ -1,0 +1,88 @@
+"""KCDSampler: mmengine's DefaultSampler over the current kept set."""
+import math
+from typing import Iterator, Optional, Sized, Tuple, Union
+
+import torch
+from mmengine.dataset import DefaultSampler
+from mmrazor.registry import DATA_SAMPLERS
+
+SampleKey = Union[int, Tuple[int, int, float]]
+
+
+@DATA_SAMPLERS.register_module()
+class KCDSampler(DefaultSampler):
+    """Shuffle, seed + epoch, rank sharding and round_up as DefaultSampler,
+    but over the kept set that :class:`KCDHook` hands it at each E-step.
+
+    A kept sample with a summary partner is yielded as
+    ``(index, partner_index, lam)`` for :class:`KnowledgeSummaryDataset`;
+    the sampler runs in the main process, so this reaches the dataset copies
+    in persistent workers too. Before the first E-step it is exactly a
+    DefaultSampler over the whole dataset.
+
+    Args:
+        dataset (Sized): the training dataset.
+        shuffle (bool): shuffle each epoch. Defaults to True.
+        seed (int, optional): shuffle seed, identical on all ranks; None
+            draws one and syncs it. Defaults to None.
+        round_up (bool): pad so every rank gets the same count.
+            Defaults to True.
+    """
+
+    def __init__(self,
+                 dataset: Sized,
+                 shuffle: bool = True,
+                 seed: Optional[int] = None,
+                 round_up: bool = True) -> None:
+        super().__init__(dataset, shuffle=shuffle, seed=seed,
+                         round_up=round_up)
+        self.kept: Optional[torch.Tensor] = None
+        self._partners: dict = {}
+
+    def set_kept(self,
+                 kept: Optional[torch.Tensor],
+                 tail: Optional[torch.Tensor] = None,
+                 lost: Optional[torch.Tensor] = None,
+                 lam: Optional[torch.Tensor] = None) -> None:
+        """Restrict sampling to ``kept`` (None: all) with summary pairs."""
+        if kept is not None:
+            kept = torch.sort(kept.to(torch.int64)).values
+            if kept.numel() == 0:
+                raise ValueError('KCDSampler: the kept set is empty; raise '
+                                 'theta so some samples are kept')
+        self.kept = kept
+        self._partners = {}
+        if tail is not None and tail.numel():
+            self._partners = dict(
+                zip(tail.tolist(), zip(lost.tolist(), lam.tolist())))
+        size = len(self.dataset) if kept is None else kept.numel()
+        if self.round_up:
+            self.num_samples = math.ceil(size / self.world_size)
+            self.total_size = self.num_samples * self.world_size
+        else:
+            self.num_samples = math.ceil((size - self.rank) / self.world_size)
+            self.total_size = size
+
+    @property
+    def kept_size(self) -> int:
+        return len(self.dataset) if self.kept is None else self.kept.numel()
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        size = self.kept_size
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(size, generator=g)
+        else:
+            order = torch.arange(size)
+        indices = order if self.kept is None else self.kept[order]
+        indices = indices.tolist()
+        if self.round_up and self.total_size > size:
+            indices = (indices * math.ceil(self.total_size / size))
+            indices = indices[:self.total_size]
+        indices = indices[self.rank:self.total_size:self.world_size]
+        if self._partners:
+            get = self._partners.get
+            indices = [(i, ) + get(i) if i in self._partners else i
+                       for i in indices]
+        return iter(indices)
