@@ -1,0 +1,68 @@
+"""Real tiny KCD runs through mmengine's Runner and tools/train.py."""
+import json
+import math
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from helpers import make_image_folder, run_tool, write_config
+from kcd_configs import tiny_kcd_config
+
+N, BATCH = 60, 8
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('kcd_data')
+    return make_image_folder(str(root), num_images=N, num_classes=3, size=16)
+
+
+def _read_stages(work_dir):
+    with open(osp.join(work_dir, 'kcd_stages.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_train_tool_condenses_at_every_boundary(data_root, tmp_path):
+    cfg = write_config(tiny_kcd_config(data_root), str(tmp_path / 'kcd.py'))
+    work_dir = str(tmp_path / 'work')
+    out = run_tool(['tools/train.py', cfg, '--work-dir', work_dir]).stdout
+    stages = _read_stages(work_dir)
+    # theta .5, K 3: step floor(60 * .5 / 3) = 10 per stage, floor 30.
+    assert [s['stage'] for s in stages] == [1, 2, 3]
+    assert [s['epoch'] for s in stages] == [1, 2, 3]
+    assert [s['kept'] for s in stages] == [50, 40, 30]
+    assert [s['blended'] for s in stages] == [10, 10, 10]
+    assert [s['dropped'] for s in stages] == [10, 20, 30]
+    assert [s['sample_iters'] for s in stages] == [60, 110, 150]
+    assert [s['full_kd_sample_iters'] for s in stages] == [60, 120, 180]
+    assert [s['values_recorded'] for s in stages] == [60, 50, 40]
+    for s in stages:
+        assert s['num_samples'] == N and s['values_skipped'] == 0
+        assert 0 < s['value_mean'] <= math.log(3) and s['value_std'] >= 0
+        assert 0 <= s['estep_seconds'] < 1
+    assert 'KCD stage 3 after epoch 3: kept 30/60 (50.0%)' in out
+    # Training went on after the last condensation, on 30 samples.
+    ckpt = torch.load(osp.join(work_dir, 'epoch_4.pth'), weights_only=True)
+    state = ckpt['kcd_state']
+    assert state['stage'] == 3 and state['sample_iters'] == 180
+    assert state['kept'].numel() == 30
+    assert int(state['bank']['visits'].sum()) == 180
+    assert ckpt['meta']['iter'] == sum(
+        math.ceil(n / BATCH) for n in (60, 50, 40, 30))
+
+
+def test_runner_eta_and_sampler_follow_the_schedule(data_root, tmp_path):
+    """In-process: max_iters (the logger's ETA) is the real total."""
+    cfg = Config(tiny_kcd_config(data_root, theta=0.7, summary=False))
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.train_loop.max_iters == runner.iter
+    # theta .7, K 3: step floor(60 * .3 / 3) = 6, floor 42.
+    assert [s['kept'] for s in _read_stages(cfg.work_dir)] == [54, 48, 42]
+    assert [s['blended'] for s in _read_stages(cfg.work_dir)] == [0, 0, 0]
+    sampler = runner.train_dataloader.sampler
+    assert sampler.kept_size == 42 and len(runner.train_dataloader) == 6
