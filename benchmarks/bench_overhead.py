@@ -1,0 +1,94 @@
+"""KCD's per-iteration cost against plain KD, side by side in one process.
+
+    python benchmarks/bench_overhead.py [--images 2048] [--epochs 3]
+        [--rounds 3] [--batch 64]
+
+Builds the same tiny logits-KD recipe twice through mmengine's Runner, once
+plain and once with KCD (stage_epochs = max_epochs, so the bookkeeping runs
+on every iteration and epoch but no condensation changes the data), and
+alternates KD and KCD runs for ``--rounds`` rounds on the same generated
+28x28 images. Time per training iteration is measured between the
+first-epoch warm-up and the end of training. Prints the ratio KCD / KD and
+writes benchmarks/results/overhead.json. Target: <= 1.02.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tests'))
+
+import kcd_mm  # noqa: E402,F401
+from mmengine.config import Config  # noqa: E402
+from mmengine.hooks import Hook  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from helpers import make_image_folder, tiny_kd_config  # noqa: E402
+from kcd_configs import add_kcd  # noqa: E402
+
+
+class IterClock(Hook):
+    """Seconds per training iteration after the first (warm-up) epoch."""
+    priority = 'LOWEST'
+
+    def __init__(self):
+        self.start = self.iters = None
+
+    def after_train_epoch(self, runner):
+        if self.start is None:
+            self.start, self.iters = time.perf_counter(), runner.iter
+
+    def after_train(self, runner):
+        self.seconds = (time.perf_counter() - self.start) / (
+            runner.iter - self.iters)
+
+
+def run(cfg: dict, work_dir: str) -> float:
+    cfg = Config(cfg)
+    cfg.work_dir = work_dir
+    cfg.log_level = 'WARNING'
+    runner = Runner.from_cfg(cfg)
+    clock = IterClock()
+    runner.register_hook(clock)
+    runner.train()
+    return clock.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--images', type=int, default=2048)
+    parser.add_argument('--epochs', type=int, default=3)
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--batch', type=int, default=64)
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix='kcd_bench_')
+    data = make_image_folder(osp.join(tmp, 'data'), args.images, 10, 28, 1)
+    kd = tiny_kd_config(data, num_classes=10, in_channels=1,
+                        max_epochs=args.epochs, batch_size=args.batch)
+    kd['train_cfg']['val_interval'] = 10**6
+    kd['default_hooks']['checkpoint']['interval'] = 10**6
+    kd['default_hooks']['logger']['interval'] = 10**6
+    kcd = add_kcd(kd, stage_epochs=args.epochs)
+    times = {'kd': [], 'kcd': []}
+    for r in range(args.rounds):
+        for arm, cfg in (('kd', kd), ('kcd', kcd)):
+            times[arm].append(run(cfg, osp.join(tmp, f'{arm}{r}')))
+            print(f'round {r} {arm:>3}: {times[arm][-1] * 1e3:.1f} ms/iter')
+    kd_s, kcd_s = (statistics.median(times[a]) for a in ('kd', 'kcd'))
+    ratio = kcd_s / kd_s
+    print(f'median ms/iter: KD {kd_s * 1e3:.2f}, KCD {kcd_s * 1e3:.2f}; '
+          f'KCD/KD = {ratio:.3f} (target <= 1.02)')
+    out = osp.join(ROOT, 'benchmarks', 'results')
+    os.makedirs(out, exist_ok=True)
+    with open(osp.join(out, 'overhead.json'), 'w') as f:
+        json.dump(dict(vars(args), kd_seconds=times['kd'],
+                       kcd_seconds=times['kcd'], ratio=ratio), f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
