@@ -1,0 +1,58 @@
+"""A test-only hook that writes what each rank's KCD run saw, per epoch.
+
+Imported by subprocess runs through ``custom_imports`` (tests/ is put on
+PYTHONPATH), so a test can compare ranks after a real multi-process run.
+"""
+import hashlib
+import json
+import os.path as osp
+
+from mmengine.dist import get_rank
+from mmengine.hooks import Hook
+from mmrazor.registry import HOOKS
+
+
+def _key(item):
+    return item if isinstance(item, int) else list(item)
+
+
+@HOOKS.register_module()
+class KCDProbeHook(Hook):
+    """Per rank: the epoch's shard, the kept set and pairs, final weights."""
+    priority = 'LOW'  # after KCDHook
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def _write(self, record: dict) -> None:
+        path = osp.join(self.out_dir, f'probe_rank{get_rank()}.jsonl')
+        with open(path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+
+    def before_train_epoch(self, runner) -> None:
+        sampler = runner.train_dataloader.sampler
+        sampler.set_epoch(runner.epoch)  # as the loop does before iterating
+        self._shard = [_key(i) for i in sampler]
+
+    def after_train_epoch(self, runner) -> None:
+        state = next(h for h in runner.hooks
+                     if type(h).__name__ == 'KCDHook').state
+        pairs = state.pairs
+        self._write(
+            dict(
+                epoch=runner.epoch + 1,
+                shard=self._shard,
+                kept=None if state.kept is None else sorted(
+                    state.kept.tolist()),
+                tail=None if pairs is None else pairs.tail.tolist(),
+                lost=None if pairs is None else pairs.lost.tolist(),
+                visits=state.bank.visits.tolist()))
+
+    def after_train(self, runner) -> None:
+        """Parameters only: BN running stats are per rank in mmengine's DDP
+        (broadcast_buffers=False), as in any mmengine run."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(runner.model.named_parameters()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        self._write(dict(final_weights=digest.hexdigest()))

@@ -1,0 +1,54 @@
+"""KCD across 2 real processes (torchrun, gloo on CPU)."""
+import json
+import os
+import os.path as osp
+
+from helpers import free_port, make_image_folder, run_tool, write_config
+from kcd_configs import tiny_kcd_config
+
+HERE = osp.dirname(osp.abspath(__file__))
+
+
+def _lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_two_ranks_share_one_kcd_state(tmp_path):
+    n = 60  # 3 classes, batch 8, 30 per rank: 4 iterations each
+    data = make_image_folder(str(tmp_path / 'data'), n, 3, 16)
+    cfg = tiny_kcd_config(data, max_epochs=4)
+    cfg['custom_imports']['imports'].append('kcd_probe')
+    cfg['custom_hooks'].append(
+        dict(type='mmrazor.KCDProbeHook', out_dir=str(tmp_path)))
+    path = write_config(cfg, str(tmp_path / 'kcd.py'))
+    work_dir = str(tmp_path / 'work')
+    env = dict(PORT=str(free_port()),
+               PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    run_tool(['tools/dist_train.sh', path, '2', '--work-dir', work_dir],
+             env=env)
+
+    stages = _lines(osp.join(work_dir, 'kcd_stages.jsonl'))
+    assert [s['stage'] for s in stages] == [1, 2, 3]  # written once
+    assert [s['kept'] for s in stages] == [50, 40, 30]
+    # Both ranks' samples and values reached the E-step.
+    assert [s['sample_iters'] for s in stages] == [60, 110, 150]
+    assert [s['values_recorded'] for s in stages] == [60, 50, 40]
+
+    ranks = [_lines(osp.join(tmp_path, f'probe_rank{r}.jsonl'))
+             for r in (0, 1)]
+    epochs = [[r for r in lines if 'epoch' in r] for lines in ranks]
+    assert len(epochs[0]) == len(epochs[1]) == 4
+    for a, b in zip(*epochs):
+        for key in ('kept', 'tail', 'lost', 'visits'):
+            assert a[key] == b[key], f'{key} differs at epoch {a["epoch"]}'
+        # The two shards cover the epoch's kept set, padding aside.
+        shard_ids = {x if isinstance(x, int) else x[0]
+                     for x in a['shard'] + b['shard']}
+        kept_before = (set(range(n)) if a['epoch'] == 1 else set(
+            epochs[0][a['epoch'] - 2]['kept']))
+        assert shard_ids == kept_before
+        assert len(a['shard']) == len(b['shard'])
+    # Every visit on either rank was banked once.
+    assert sum(epochs[0][-1]['visits']) == 60 + 50 + 40 + 30
+    assert ranks[0][-1]['final_weights'] == ranks[1][-1]['final_weights']
