@@ -7,8 +7,9 @@ from dataclasses import asdict
 from typing import Dict, Optional, Sequence
 
 import torch
-from mmengine.dist import all_reduce, get_world_size, is_distributed
-from mmengine.dist import is_main_process
+from mmengine.dataset import ConcatDataset
+from mmengine.dist import (all_reduce, get_world_size, is_distributed,
+                           is_main_process)
 from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop
 from mmrazor.registry import HOOKS
@@ -91,6 +92,12 @@ class KCDHook(Hook):
                 "train_dataloader.dataset=dict(type='mmrazor."
                 "KnowledgeSummaryDataset', dataset=<your dataset>); or set "
                 'summary=False for prune-only KCD.')
+        inner = getattr(dataset, 'dataset', dataset)
+        if isinstance(inner, ConcatDataset):
+            raise TypeError(
+                'KCD cannot tell the samples of a ConcatDataset apart: its '
+                'parts repeat sample_idx. Merge the annotation files into '
+                'one dataset.')
         loop = runner.train_loop
         if not isinstance(loop, EpochBasedTrainLoop):
             raise TypeError('KCDHook needs an epoch-based train loop '

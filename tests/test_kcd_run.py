@@ -66,3 +66,29 @@ def test_runner_eta_and_sampler_follow_the_schedule(data_root, tmp_path):
     assert [s['blended'] for s in _read_stages(cfg.work_dir)] == [0, 0, 0]
     sampler = runner.train_dataloader.sampler
     assert sampler.kept_size == 42 and len(runner.train_dataloader) == 6
+
+
+@pytest.mark.parametrize('broken, message', [
+    (dict(sampler='DefaultSampler'), 'KCDSampler'),
+    (dict(unwrapped=True), 'KnowledgeSummaryDataset'),
+    (dict(stage_epochs=9), 'stage_epochs=9 exceeds'),
+    (dict(plain_loss=True), 'ValueWeightedLoss'),
+])
+def test_misconfiguration_stops_before_training(data_root, tmp_path, broken,
+                                                message):
+    cfg = tiny_kcd_config(data_root, stage_epochs=broken.get('stage_epochs',
+                                                             1))
+    if 'sampler' in broken:
+        cfg['train_dataloader']['sampler'] = dict(type='DefaultSampler')
+    if 'unwrapped' in broken:
+        loader = cfg['train_dataloader']
+        loader['dataset'] = loader['dataset']['dataset']
+    if 'plain_loss' in broken:
+        losses = cfg['model']['distiller']['distill_losses']
+        losses['loss_kl'] = losses['loss_kl']['loss']
+    cfg = Config(cfg)
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises((TypeError, ValueError), match=message):
+        runner.train()
+    assert runner.iter == 0

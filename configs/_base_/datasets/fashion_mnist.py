@@ -17,10 +17,17 @@ train_pipeline = [
 ]
 test_pipeline = [dict(type='PackInputs')]
 
+# Loader settings measured on a 2-core CPU (128 images a batch): loading in
+# the main process with `default_collate` (one stacked tensor, normalised
+# in one step by the preprocessor) costs ~7 ms a batch, ~3 s an epoch;
+# `pseudo_collate` costs ~20 ms, and 1 or 2 worker processes 30-40 ms,
+# since they compete with the training threads for the two cores and pickle
+# every DataSample. With cores to spare (a GPU machine) raise num_workers
+# and add persistent_workers=True.
 train_dataloader = dict(
     batch_size=128,
-    num_workers=1,
-    persistent_workers=True,
+    num_workers=0,
+    collate_fn=dict(type='default_collate'),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
@@ -32,8 +39,8 @@ train_dataloader = dict(
 )
 val_dataloader = dict(
     batch_size=500,
-    num_workers=1,
-    persistent_workers=True,
+    num_workers=0,
+    collate_fn=dict(type='default_collate'),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
