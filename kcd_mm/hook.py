@@ -6,6 +6,7 @@ import time
 from dataclasses import asdict
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 import torch
 from mmengine.dataset import ConcatDataset
 from mmengine.dist import (all_reduce, get_world_size, is_distributed,
@@ -21,6 +22,7 @@ from .sampler import KCDSampler
 from .state import KCDOptions, KCDState
 
 CKPT_KEY = 'kcd_state'
+SNAPSHOT_DIR = 'kcd_stages'  # <work_dir>/kcd_stages/stage_001.npz, ...
 
 
 def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -244,21 +246,48 @@ class KCDHook(Hook):
 
     def _start_record_file(self, runner) -> None:
         """A fresh run starts a fresh record; an old one is kept aside."""
+        stamp = time.strftime('%Y%m%d_%H%M%S')
         path = self._record_path(runner)
-        if is_main_process() and osp.isfile(path) and osp.getsize(path):
-            stamp = time.strftime('%Y%m%d_%H%M%S')
-            os.replace(path, f'{path[:-len(".jsonl")]}.{stamp}.jsonl')
-            runner.logger.info(f'KCD: kept the previous run\'s {path} as '
-                               f'{self.record_file[:-6]}.{stamp}.jsonl')
+        snapshots = osp.join(runner.work_dir, SNAPSHOT_DIR)
+        for old in (path, snapshots):
+            if is_main_process() and osp.exists(old):
+                root, ext = osp.splitext(old)
+                os.replace(old, f'{root}.{stamp}{ext}')
+                runner.logger.info(f'KCD: kept the previous run\'s {old} '
+                                   f'as {root}.{stamp}{ext}')
 
     def _rewrite_records(self, runner) -> None:
-        """Resumed: the file holds exactly the checkpoint's stages."""
+        """Resumed: the record (and snapshots) hold exactly the
+        checkpoint's stages, whatever a crashed run wrote after it."""
         path = self._record_path(runner)
         tmp = path + '.tmp'
         with open(tmp, 'w') as f:
             for record in self.state.records:
                 f.write(json.dumps(record) + '\n')
         os.replace(tmp, path)
+        stage = self.state.stage + 1
+        while osp.exists(self._snapshot_path(runner, stage)):
+            os.remove(self._snapshot_path(runner, stage))
+            stage += 1
+
+    def _snapshot_path(self, runner, stage: int) -> str:
+        return osp.join(runner.work_dir, SNAPSHOT_DIR,
+                        f'stage_{stage:03d}.npz')
+
+    def _write_snapshot(self, runner) -> None:
+        """Who was kept, blended and dropped at this stage, and why (for
+        tools/analysis); ~10 bytes a sample."""
+        state, pairs = self.state, self.state.pairs
+        path = self._snapshot_path(runner, state.stage)
+        os.makedirs(osp.dirname(path), exist_ok=True)
+        np.savez(
+            path,
+            kept=state.kept.numpy().astype(np.int32),
+            tail=pairs.tail.numpy().astype(np.int32),
+            lost=pairs.lost.numpy().astype(np.int32),
+            lam=pairs.lam.numpy(),
+            scores=state.last_scores.numpy(),
+            mean_values=state.bank.mean_values().float().numpy())
 
     def _publish(self, runner, record: Dict) -> None:
         if is_main_process():
@@ -266,6 +295,7 @@ class KCDHook(Hook):
                 f.write(json.dumps(record) + '\n')
                 f.flush()
                 os.fsync(f.fileno())
+            self._write_snapshot(runner)
         n = record['num_samples']
         ratio = record['sample_iters'] / max(record['full_kd_sample_iters'],
                                              1)

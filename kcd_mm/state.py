@@ -84,6 +84,7 @@ class KCDState:
         self.sample_iters = 0
         self.full_kd_sample_iters = 0
         self.records: List[Dict] = []
+        self.last_scores: Optional[torch.Tensor] = None  # not checkpointed
 
     @property
     def kept_size(self) -> int:
@@ -107,6 +108,7 @@ class KCDState:
         scores = cost_aware_scores(self.bank.value_sum, self.bank.visits,
                                    opts.score_exponent, opts.ref_epochs)
         order = rank_samples(scores)
+        self.last_scores = scores.float()
         current = self.kept_size
         num_keep = next_keep_size(self.num_samples, current, opts.theta,
                                   opts.num_steps)

@@ -1,7 +1,10 @@
 """Real tiny KCD runs through mmengine's Runner and tools/train.py."""
 import json
 import math
+import os
 import os.path as osp
+
+import numpy as np
 
 import pytest
 import torch
@@ -92,3 +95,27 @@ def test_misconfiguration_stops_before_training(data_root, tmp_path, broken,
     with pytest.raises((TypeError, ValueError), match=message):
         runner.train()
     assert runner.iter == 0
+
+
+def test_resume_restores_state_and_keeps_one_record_per_stage(
+        data_root, tmp_path):
+    cfg = tiny_kcd_config(data_root)
+    cfg['default_hooks']['checkpoint']['max_keep_ckpts'] = -1
+    path = write_config(cfg, str(tmp_path / 'kcd.py'))
+    work_dir = str(tmp_path / 'work')
+    run_tool(['tools/train.py', path, '--work-dir', work_dir])
+    full = _read_stages(work_dir)
+    snapshots = sorted(os.listdir(osp.join(work_dir, 'kcd_stages')))
+    assert snapshots == ['stage_001.npz', 'stage_002.npz', 'stage_003.npz']
+    stage2 = np.load(osp.join(work_dir, 'kcd_stages', 'stage_002.npz'))
+    assert len(stage2['kept']) == 40 and len(stage2['scores']) == N
+    # Resume from epoch 2, in the same work dir, as after a crash there.
+    out = run_tool(['tools/train.py', path, '--work-dir', work_dir,
+                    '--resume', osp.join(work_dir, 'epoch_2.pth')]).stdout
+    assert 'KCD resumed at stage 2: kept 40/60' in out
+    resumed = _read_stages(work_dir)
+    assert [s['stage'] for s in resumed] == [1, 2, 3]  # no duplicate
+    assert resumed[:2] == full[:2]
+    assert resumed[2]['sample_iters'] == 150 and resumed[2]['kept'] == 30
+    ckpt = torch.load(osp.join(work_dir, 'epoch_4.pth'), weights_only=True)
+    assert ckpt['kcd_state']['sample_iters'] == 180
