@@ -2,6 +2,7 @@
 import json
 import os
 import os.path as osp
+import random
 import time
 from dataclasses import asdict
 from typing import Dict, Optional, Sequence
@@ -54,6 +55,11 @@ class KCDHook(Hook):
             :class:`KnowledgeSummaryDataset`); False prunes only.
             Defaults to True.
         record_file (str): stage record name in the work dir.
+        epoch_seeding (bool): reseed python, numpy and torch RNGs at each
+            epoch start from (run seed, epoch), so a run resumed from an
+            epoch checkpoint repeats the uninterrupted one exactly (values,
+            kept sets, weights; mmengine does not checkpoint RNG states).
+            Defaults to True.
     """
 
     priority = 'NORMAL'  # before CheckpointHook (VERY_LOW): saves new state
@@ -66,7 +72,8 @@ class KCDHook(Hook):
                  score_ref_epochs: Optional[float] = None,
                  lam_range: Sequence[float] = (0.7, 1.0),
                  summary: bool = True,
-                 record_file: str = 'kcd_stages.jsonl') -> None:
+                 record_file: str = 'kcd_stages.jsonl',
+                 epoch_seeding: bool = True) -> None:
         self.options = KCDOptions(
             stage_epochs=stage_epochs,
             theta=theta,
@@ -76,6 +83,7 @@ class KCDHook(Hook):
             lam_range=tuple(lam_range),
             summary=summary)
         self.record_file = record_file
+        self.epoch_seeding = epoch_seeding
         self.state: Optional[KCDState] = None
         self._loaded: Optional[Dict] = None
         self._loss: Optional[ValueWeightedLoss] = None
@@ -178,6 +186,13 @@ class KCDHook(Hook):
             f'{self.state.sample_iters} samples trained so far.')
         if is_main_process():
             self._rewrite_records(runner)
+
+    def before_train_epoch(self, runner) -> None:
+        if self.epoch_seeding and runner.seed is not None:
+            seed = (runner.seed + 1_000_003 * runner.epoch) % 2**32
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)  # seeds CUDA generators too
 
     # ------------------------------------------------------ per iteration
     def before_train_iter(self, runner, batch_idx: int,

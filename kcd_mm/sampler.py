@@ -38,6 +38,7 @@ class KCDSampler(DefaultSampler):
                          round_up=round_up)
         self.kept: Optional[torch.Tensor] = None
         self._partners: dict = {}
+        self._driven = False  # set_kept called: a KCDHook is in charge
 
     def set_kept(self,
                  kept: Optional[torch.Tensor],
@@ -45,6 +46,7 @@ class KCDSampler(DefaultSampler):
                  lost: Optional[torch.Tensor] = None,
                  lam: Optional[torch.Tensor] = None) -> None:
         """Restrict sampling to ``kept`` (None: all) with summary pairs."""
+        self._driven = True
         if kept is not None:
             kept = torch.sort(kept.to(torch.int64)).values
             if kept.numel() == 0:
@@ -68,6 +70,11 @@ class KCDSampler(DefaultSampler):
         return len(self.dataset) if self.kept is None else self.kept.numel()
 
     def __iter__(self) -> Iterator[SampleKey]:
+        if not self._driven:
+            raise RuntimeError(
+                'KCDSampler is driven by KCDHook, which is missing: add '
+                "dict(type='mmrazor.KCDHook', ...) to custom_hooks, or use "
+                "DefaultSampler for plain distillation.")
         size = self.kept_size
         if self.shuffle:
             g = torch.Generator()

@@ -56,3 +56,20 @@ class KCDProbeHook(Hook):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().numpy().tobytes())
         self._write(dict(final_weights=digest.hexdigest()))
+
+
+@HOOKS.register_module()
+class PauseHook(Hook):
+    """Marks (a file) and pauses a run at one iteration, to kill it there."""
+
+    def __init__(self, epoch: int, batch_idx: int, marker: str,
+                 seconds: float = 60.0) -> None:
+        self.epoch, self.batch_idx = epoch, batch_idx
+        self.marker, self.seconds = marker, seconds
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None) -> None:
+        if runner.epoch + 1 == self.epoch and batch_idx == self.batch_idx:
+            open(self.marker, 'w').close()
+            import time
+            time.sleep(self.seconds)

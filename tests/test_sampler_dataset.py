@@ -30,6 +30,9 @@ def test_before_any_estep_it_is_default_sampler():
     ref = DefaultSampler(list(range(23)), shuffle=True, seed=3)
     ref.set_epoch(2)
     s = _sampler(23)
+    with pytest.raises(RuntimeError, match='KCDHook'):
+        list(s)  # nobody drives it
+    s.set_kept(None)
     s.set_epoch(2)
     assert list(s) == list(ref)
 
