@@ -118,6 +118,14 @@ class KCDHook(Hook):
                 f'the run ({loop.max_epochs} epochs): no condensation would '
                 'happen. Choose stage_epochs <= max_epochs / 2.')
         self._loss = self._find_loss(runner.model)
+        floor = keep_schedule(len(dataset), self.options.theta,
+                              self.options.num_steps,
+                              self.options.stage_epochs, loop.max_epochs)[-1]
+        if floor < get_world_size():
+            raise ValueError(
+                f'KCDHook theta={self.options.theta} would keep {floor} of '
+                f'{len(dataset)} samples, fewer than the {get_world_size()} '
+                'rank(s) need; raise theta.')
         self.state = KCDState(len(dataset), self.options)
         if self._loaded is not None:
             self._restore(runner)
