@@ -3,6 +3,7 @@ import json
 import os
 import os.path as osp
 import random
+import resource
 import time
 from dataclasses import asdict
 from typing import Dict, Optional, Sequence
@@ -247,6 +248,10 @@ class KCDHook(Hook):
                                               runner.max_epochs):
             return
         record = self.state.estep(epochs_done)
+        # Peak resident memory of this process so far: flat across stages
+        # means the run holds no growing per-stage history.
+        record['peak_rss_mib'] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         self._sampler.set_kept(*self._kept_and_pairs())
         self._plan_iterations(runner, start_epoch=epochs_done)
         self._publish(runner, record)
@@ -329,7 +334,8 @@ class KCDHook(Hook):
             f"samples trained {record['sample_iters']} = {ratio:.3f} of KD; "
             f"value mean {record['value_mean']:.4f} std "
             f"{record['value_std']:.4f}; E-step "
-            f"{record['estep_seconds'] * 1e3:.1f} ms")
+            f"{record['estep_seconds'] * 1e3:.1f} ms; peak RSS "
+            f"{record['peak_rss_mib']:.0f} MiB")
         scalars = {
             f'kcd/{k}': v
             for k, v in record.items() if k not in ('stage', 'epoch')

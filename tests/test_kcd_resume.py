@@ -18,6 +18,7 @@ def _stages(work_dir):
         rows = [json.loads(line) for line in f]
     for row in rows:
         row.pop('estep_seconds')  # wall time
+        row.pop('peak_rss_mib')  # process memory
     return rows
 
 

@@ -1,0 +1,178 @@
+"""Turn a KCD (or any MMRazor distillation) checkpoint into the student.
+
+Usage::
+
+    python tools/model_converters/convert_kcd_ckpt_to_student.py SRC DST
+        [--config KCD_CONFIG --out-config STUDENT_CONFIG.py]
+
+``DST`` holds ``{'meta': ..., 'state_dict': ...}`` with the student's
+weights only (the keys under ``architecture.``, prefix removed): mmpretrain
+loads it directly, and the student's own config plus ``DST`` predicts
+exactly what the distilled student did.
+
+The student's own config: with ``--config`` (the KCD config the run used,
+e.g. the copy mmengine dumped into the work dir) and ``--out-config``, this
+also writes a plain mmpretrain config for the student alone: the
+distillation's ``model.architecture`` (its ``_scope_`` becoming the
+``default_scope``), the data preprocessor the distillation used, and the
+KCD config's val/test dataloaders, evaluators and runtime settings, without
+the teacher, the training set-up and KCD. Then::
+
+    python tools/test.py STUDENT_CONFIG.py DST
+
+evaluates the student; the converted weights are checked to load into the
+model built from that config, key for key.
+"""
+import argparse
+import copy
+import importlib.util
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
+    osp.abspath(__file__)))))
+import kcd_mm.compat  # noqa: E402,F401,I001  isort:skip
+
+STUDENT_PREFIX = 'architecture'
+# Runtime settings carried over unchanged from the distillation config.
+RUNTIME_KEYS = ('env_cfg', 'log_level', 'log_processor', 'visualizer',
+                'vis_backends', 'randomness', 'launcher')
+EVAL_KEYS = ('val_dataloader', 'val_evaluator', 'test_dataloader',
+             'test_evaluator')
+# Hooks of default_hooks that only make sense while training.
+TRAIN_ONLY_HOOKS = ('param_scheduler', 'sampler_seed')
+
+
+def _extract_tool():
+    """``extract_state_dict.extract``, the checkpoint-slimming tool's core
+    (it keeps one prefix of the state dict, strips it, keeps the meta)."""
+    path = osp.join(osp.dirname(osp.abspath(__file__)),
+                    'extract_state_dict.py')
+    spec = importlib.util.spec_from_file_location('kcd_extract_state_dict',
+                                                  path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.extract
+
+
+def _strip_scope(cfg, scope):
+    cfg = copy.deepcopy(cfg)
+    if isinstance(cfg, dict) and cfg.get('_scope_') == scope:
+        cfg.pop('_scope_')
+    return cfg
+
+
+def _plain_loop(loop_cfg):
+    """A distillation-only val/test loop becomes mmengine's default one."""
+    loop_type = str((loop_cfg or {}).get('type', ''))
+    if loop_type.startswith('mmrazor.') or 'Distill' in loop_type:
+        return dict()
+    return copy.deepcopy(loop_cfg) if loop_cfg is not None else dict()
+
+
+def student_config(kcd_cfg) -> dict:
+    """An mmpretrain config dict for the student of a distillation config.
+
+    Args:
+        kcd_cfg (mmengine.Config): The distillation (KCD) config.
+
+    Returns:
+        dict: ``default_scope``, ``model`` (the student with the
+        distillation's data preprocessor), the val/test dataloaders,
+        evaluators and loops, and runtime settings.
+    """
+    full = kcd_cfg.to_dict()
+    algorithm = full['model']
+    if 'architecture' not in algorithm:
+        raise KeyError('the config has no model.architecture: it is not an '
+                       'MMRazor distillation config')
+    student = copy.deepcopy(algorithm['architecture'])
+    if not isinstance(student, dict):
+        raise TypeError('model.architecture is not a config dict')
+    scope = student.pop('_scope_', None) or full.get(
+        'default_scope') or 'mmpretrain'
+    # The preprocessor the algorithm used: its own, else the top-level
+    # one (mmengine's Runner merges it into the model), else the student's.
+    preprocessor = (algorithm.get('data_preprocessor')
+                    or full.get('data_preprocessor')
+                    or student.get('data_preprocessor'))
+    if preprocessor is not None:
+        student['data_preprocessor'] = _strip_scope(preprocessor, scope)
+    cfg = dict(default_scope=scope, model=student)
+    for key in EVAL_KEYS + RUNTIME_KEYS:
+        if full.get(key) is not None:
+            cfg[key] = copy.deepcopy(full[key])
+    cfg['val_cfg'] = _plain_loop(full.get('val_cfg'))
+    cfg['test_cfg'] = _plain_loop(full.get('test_cfg'))
+    hooks = {
+        k: v
+        for k, v in (full.get('default_hooks') or {}).items()
+        if k not in TRAIN_ONLY_HOOKS
+    }
+    if hooks:
+        cfg['default_hooks'] = hooks
+    imports = (full.get('custom_imports') or {}).get('imports') or []
+    imports = [m for m in imports if m != 'kcd_mm']
+    if imports:
+        cfg['custom_imports'] = dict(full['custom_imports'], imports=imports)
+    cfg['load_from'] = None
+    cfg['resume'] = False
+    return cfg
+
+
+def write_student_config(kcd_config: str, out_config: str) -> dict:
+    """Write the student config of ``kcd_config`` to ``out_config``."""
+    from mmengine.config import Config
+    if not out_config.endswith('.py'):
+        raise ValueError('--out-config must be a .py file')
+    cfg = student_config(Config.fromfile(kcd_config))
+    os.makedirs(osp.dirname(osp.abspath(out_config)), exist_ok=True)
+    Config(cfg).dump(out_config)
+    return cfg
+
+
+def check_loads(student_cfg: dict, checkpoint: str) -> None:
+    """Build the student from its config; load the weights strictly."""
+    import torch
+    from mmengine.registry import MODELS, DefaultScope
+    with DefaultScope.overwrite_default_scope(student_cfg['default_scope']):
+        model = MODELS.build(copy.deepcopy(student_cfg['model']))
+    state = torch.load(checkpoint, map_location='cpu',
+                       weights_only=True)['state_dict']
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f'the converted weights do not fit the student config: missing '
+            f'{missing[:5]}..., unexpected {unexpected[:5]}...')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Write the student of a KCD/MMRazor distillation '
+        'checkpoint as a plain mmpretrain checkpoint')
+    parser.add_argument('src', help='distillation checkpoint (.pth)')
+    parser.add_argument('dst', help='student checkpoint to write')
+    parser.add_argument('--config', help='the distillation (KCD) config')
+    parser.add_argument('--out-config',
+                        help='write the student-only config here (.py)')
+    args = parser.parse_args(argv)
+    if bool(args.config) != bool(args.out_config):
+        parser.error('--config and --out-config go together')
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    count = _extract_tool()(args.src, args.dst, prefix=STUDENT_PREFIX)
+    print(f'{count} student tensors from {args.src} -> {args.dst}')
+    if args.config:
+        cfg = write_student_config(args.config, args.out_config)
+        check_loads(cfg, args.dst)
+        print(f'student config -> {args.out_config} (weights checked: '
+              'every key loads)\n'
+              f'evaluate: python tools/test.py {args.out_config} {args.dst}')
+
+
+if __name__ == '__main__':
+    main()
