@@ -119,3 +119,19 @@ def test_resume_restores_state_and_keeps_one_record_per_stage(
     assert resumed[2]['sample_iters'] == 150 and resumed[2]['kept'] == 30
     ckpt = torch.load(osp.join(work_dir, 'epoch_4.pth'), weights_only=True)
     assert ckpt['kcd_state']['sample_iters'] == 180
+
+
+def test_resume_with_another_dataset_is_refused(data_root, tmp_path):
+    path = write_config(tiny_kcd_config(data_root, max_epochs=2),
+                        str(tmp_path / 'kcd.py'))
+    work_dir = str(tmp_path / 'work')
+    run_tool(['tools/train.py', path, '--work-dir', work_dir])
+    bigger = make_image_folder(str(tmp_path / 'bigger'), N + 6, 3, 16)
+    other = write_config(tiny_kcd_config(bigger, max_epochs=3),
+                         str(tmp_path / 'kcd_bigger.py'))
+    proc = run_tool(['tools/train.py', other, '--work-dir', work_dir,
+                     '--resume', osp.join(work_dir, 'epoch_2.pth')],
+                    check=False)
+    assert proc.returncode != 0
+    assert f'training set of {N} samples, this run\'s has {N + 6}' in (
+        proc.stdout)

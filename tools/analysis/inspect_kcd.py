@@ -199,6 +199,10 @@ def main(argv=None) -> None:
         f'{len(dropped)} samples dropped at stage {snap.stage} '
         '(least valuable first):', shown, snap, info,
         extra=('since_stage', [int(since[i]) for i in shown]))
+    if info.dataset is not None and len(dropped) and \
+            analysis.sample_paths(info.dataset, dropped[:1]) == [None]:
+        print(f'({type(info.dataset).__name__} holds its images in memory, '
+              'no files: sample i is dataset[i])')
     if len(shown) < len(dropped):
         print(f'... and {len(dropped) - len(shown)} more (--max-dropped 0 '
               'prints all, --dropped-csv writes all)')

@@ -102,20 +102,21 @@ def plot_fractions(records, path: str) -> None:
 
 def plot_classes(fractions: np.ndarray, snapshots, names, path: str) -> None:
     """(c) Kept fraction of every class at each stage."""
-    num_classes = fractions.shape[1]
-    fig, ax = plt.subplots(
-        figsize=(min(14.0, max(5.0, 1.0 + 0.35 * num_classes * 1.5)), 4.0))
-    count = len(snapshots)
+    num_classes, count = fractions.shape[1], len(snapshots)
+    bars = num_classes <= MAX_CLASS_BARS
+    width = min(16.0, max(6.0, 2.0 + 0.2 * num_classes * count)) \
+        if bars else 9.0
+    fig, ax = plt.subplots(figsize=(width, 4.0))
 
     def color(i):  # dark to light, never too light to see on white
         return plt.get_cmap('viridis')(0.8 * i / max(count - 1, 1))
 
-    if num_classes <= MAX_CLASS_BARS:
-        width = 0.8 / count
+    if bars:
+        bar = 0.8 / count
         x = np.arange(num_classes)
         for i, snap in enumerate(snapshots):
-            ax.bar(x + (i - (count - 1) / 2) * width, fractions[i],
-                   width=width, color=color(i),
+            ax.bar(x + (i - (count - 1) / 2) * bar, fractions[i],
+                   width=bar, color=color(i),
                    label=f'stage {snap.stage}')
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=45 if num_classes > 8 else 0,

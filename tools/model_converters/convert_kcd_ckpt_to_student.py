@@ -56,11 +56,78 @@ def _extract_tool():
     return module.extract
 
 
-def _strip_scope(cfg, scope):
-    cfg = copy.deepcopy(cfg)
-    if isinstance(cfg, dict) and cfg.get('_scope_') == scope:
-        cfg.pop('_scope_')
-    return cfg
+def _resolve_cfg_path(student: dict) -> dict:
+    """``dict(cfg_path='pkg::x.py', pretrained=..., **kw)``, MMRazor's
+    shorthand (built with ``mmengine.hub.get_model``), as a model dict."""
+    from mmengine.hub import get_config
+    student = dict(student)
+    cfg_path = student.pop('cfg_path')
+    student.pop('pretrained', None)  # weights come from the checkpoint
+    package = cfg_path.split('::')[0]
+    cfg = get_config(cfg_path)
+    model = cfg.model.to_dict()
+    if 'data_preprocessor' in cfg:  # as get_model does
+        model['data_preprocessor'] = cfg.data_preprocessor.to_dict()
+    model.update(student)  # get_model's default_args
+    model.setdefault('_scope_', package)
+    return model
+
+
+def _registered(type_name, scope):
+    """The class a config type resolves to in a scope (None if unknown)."""
+    from mmengine.registry import MODELS
+    if not isinstance(type_name, str):
+        return type_name
+    with MODELS.switch_scope_and_registry(scope) as registry:
+        return registry.get(type_name)
+
+
+def _as_cls_preprocessor(preprocessor: dict) -> dict:
+    """mmengine's ``ImgDataPreprocessor`` (MMRazor's ImageNet recipes) as
+    mmpretrain's ``ClsDataPreprocessor``: the same float conversion,
+    channel flip, normalisation and padding (checked equal bit for bit),
+    and one that mmpretrain's ``ImageClassifier`` can build (it passes
+    ``batch_augments``, which ``ImgDataPreprocessor`` does not take)."""
+    out = dict(type='ClsDataPreprocessor')
+    for key in ('mean', 'std', 'pad_size_divisor', 'pad_value',
+                'non_blocking'):
+        if key in preprocessor:
+            out[key] = preprocessor[key]
+    out['to_rgb'] = bool(preprocessor.get('bgr_to_rgb')
+                         or preprocessor.get('rgb_to_bgr'))
+    return out
+
+
+def _preprocessor_for(preprocessor: dict, built_in: str, scope: str,
+                      student_type) -> dict:
+    """The algorithm's preprocessor, for a student built in ``scope``.
+
+    It was built in scope ``built_in`` (its own ``_scope_``, else the
+    algorithm's); ``_scope_`` is written only when the student's scope
+    would resolve its type to another class.
+    """
+    from mmengine.model import ImgDataPreprocessor
+    preprocessor = copy.deepcopy(preprocessor)
+    built_in = preprocessor.pop('_scope_', None) or built_in
+    type_name = preprocessor.get('type')
+    cls = _registered(type_name, built_in)
+    if cls is ImgDataPreprocessor and _is_mmpretrain_classifier(
+            student_type, scope):
+        return _as_cls_preprocessor(preprocessor)
+    if isinstance(type_name, str) and type_name.startswith(scope + '.'):
+        preprocessor['type'] = type_name[len(scope) + 1:]
+    elif built_in != scope and cls is not _registered(type_name, scope):
+        preprocessor['_scope_'] = built_in
+    return preprocessor
+
+
+def _is_mmpretrain_classifier(student_type, scope) -> bool:
+    try:
+        from mmpretrain.models import ImageClassifier
+    except ImportError:
+        return False
+    cls = _registered(student_type, scope)
+    return isinstance(cls, type) and issubclass(cls, ImageClassifier)
 
 
 def _plain_loop(loop_cfg):
@@ -90,15 +157,21 @@ def student_config(kcd_cfg) -> dict:
     student = copy.deepcopy(algorithm['architecture'])
     if not isinstance(student, dict):
         raise TypeError('model.architecture is not a config dict')
-    scope = student.pop('_scope_', None) or full.get(
-        'default_scope') or 'mmpretrain'
+    if student.get('cfg_path') and not student.get('type'):
+        student = _resolve_cfg_path(student)
+    default_scope = full.get('default_scope') or 'mmpretrain'
+    scope = student.pop('_scope_', None) or default_scope
     # The preprocessor the algorithm used: its own, else the top-level
     # one (mmengine's Runner merges it into the model), else the student's.
-    preprocessor = (algorithm.get('data_preprocessor')
-                    or full.get('data_preprocessor')
-                    or student.get('data_preprocessor'))
-    if preprocessor is not None:
-        student['data_preprocessor'] = _strip_scope(preprocessor, scope)
+    if algorithm.get('data_preprocessor') or full.get('data_preprocessor'):
+        preprocessor = algorithm.get('data_preprocessor') or full.get(
+            'data_preprocessor')
+        student['data_preprocessor'] = _preprocessor_for(
+            preprocessor, algorithm.get('_scope_') or default_scope, scope,
+            student.get('type'))
+    elif isinstance(student.get('data_preprocessor'), dict):
+        student['data_preprocessor'] = _preprocessor_for(
+            student['data_preprocessor'], scope, scope, student.get('type'))
     cfg = dict(default_scope=scope, model=student)
     for key in EVAL_KEYS + RUNTIME_KEYS:
         if full.get(key) is not None:
