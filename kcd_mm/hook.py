@@ -95,39 +95,10 @@ class KCDHook(Hook):
     def before_train(self, runner) -> None:
         loader = runner.train_dataloader
         self._sampler = self._find_sampler(loader)
-        dataset = loader.dataset
-        if self.options.summary and not isinstance(dataset,
-                                                   KnowledgeSummaryDataset):
-            raise TypeError(
-                'KCDHook(summary=True) needs the training dataset wrapped: '
-                "train_dataloader.dataset=dict(type='mmrazor."
-                "KnowledgeSummaryDataset', dataset=<your dataset>); or set "
-                'summary=False for prune-only KCD.')
-        inner = getattr(dataset, 'dataset', dataset)
-        if isinstance(inner, ConcatDataset):
-            raise TypeError(
-                'KCD cannot tell the samples of a ConcatDataset apart: its '
-                'parts repeat sample_idx. Merge the annotation files into '
-                'one dataset.')
-        loop = runner.train_loop
-        if not isinstance(loop, EpochBasedTrainLoop):
-            raise TypeError('KCDHook needs an epoch-based train loop '
-                            "(train_cfg=dict(by_epoch=True, ...)).")
-        if self.options.stage_epochs > loop.max_epochs:
-            raise ValueError(
-                f'KCDHook stage_epochs={self.options.stage_epochs} exceeds '
-                f'the run ({loop.max_epochs} epochs): no condensation would '
-                'happen. Choose stage_epochs <= max_epochs / 2.')
         self._loss = self._find_loss(runner.model)
-        floor = keep_schedule(len(dataset), self.options.theta,
-                              self.options.num_steps,
-                              self.options.stage_epochs, loop.max_epochs)[-1]
-        if floor < get_world_size():
-            raise ValueError(
-                f'KCDHook theta={self.options.theta} would keep {floor} of '
-                f'{len(dataset)} samples, fewer than the {get_world_size()} '
-                'rank(s) need; raise theta.')
-        self.state = KCDState(len(dataset), self.options)
+        num_samples = len(loader.dataset)
+        self._check_setup(loader.dataset, runner.train_loop)
+        self.state = KCDState(num_samples, self.options)
         if self._loaded is not None:
             self._restore(runner)
         else:
@@ -136,12 +107,41 @@ class KCDHook(Hook):
         self._plan_iterations(runner)
         self._warn_iteration_schedulers(runner)
         boundaries = boundary_epochs(self.options.stage_epochs,
-                                     loop.max_epochs)
+                                     runner.max_epochs)
         runner.logger.info(
-            f'KCD: N={self.state.num_samples}, {self.options}, '
-            f'E-steps after epochs {boundaries}, kept now '
-            f'{self.state.kept_size}, knowledge bank '
+            f'KCD: N={num_samples}, {self.options}, E-steps after epochs '
+            f'{boundaries}, kept now {self.state.kept_size}, knowledge bank '
             f'{self.state.bank.nbytes / 2**20:.1f} MiB')
+
+    def _check_setup(self, dataset, loop) -> None:
+        """Refuse configurations KCD cannot run, before any iteration."""
+        opts = self.options
+        if opts.summary and not isinstance(dataset, KnowledgeSummaryDataset):
+            raise TypeError(
+                'KCDHook(summary=True) needs the training dataset wrapped: '
+                "train_dataloader.dataset=dict(type='mmrazor."
+                "KnowledgeSummaryDataset', dataset=<your dataset>); or set "
+                'summary=False for prune-only KCD.')
+        if isinstance(getattr(dataset, 'dataset', dataset), ConcatDataset):
+            raise TypeError(
+                'KCD cannot tell the samples of a ConcatDataset apart: its '
+                'parts repeat sample_idx. Merge the annotation files into '
+                'one dataset.')
+        if not isinstance(loop, EpochBasedTrainLoop):
+            raise TypeError('KCDHook needs an epoch-based train loop '
+                            "(train_cfg=dict(by_epoch=True, ...)).")
+        if opts.stage_epochs > loop.max_epochs:
+            raise ValueError(
+                f'KCDHook stage_epochs={opts.stage_epochs} exceeds the run '
+                f'({loop.max_epochs} epochs): no condensation would happen. '
+                'Choose stage_epochs <= max_epochs / 2.')
+        floor = keep_schedule(len(dataset), opts.theta, opts.num_steps,
+                              opts.stage_epochs, loop.max_epochs)[-1]
+        if floor < get_world_size():
+            raise ValueError(
+                f'KCDHook theta={opts.theta} would keep {floor} of '
+                f'{len(dataset)} samples, fewer than the {get_world_size()} '
+                'rank(s) need; raise theta.')
 
     @staticmethod
     def _find_sampler(loader) -> KCDSampler:
