@@ -43,6 +43,6 @@ setup(
     packages=find_packages(include=['kcd_mm', 'kcd_mm.*']),
     python_requires='>=3.8',
     install_requires=INSTALL_REQUIRES,
-    extras_require={'tests': ['pytest']},
+    extras_require={'tests': ['pytest', 'tensorboard']},
     license='Apache-2.0',
 )

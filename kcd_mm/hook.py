@@ -15,6 +15,7 @@ from mmengine.dist import (all_reduce, get_world_size, is_distributed,
                            is_main_process)
 from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop
+from mmengine.visualization import TensorboardVisBackend
 from mmrazor.registry import HOOKS
 
 from .condensation import boundary_epochs, iterations_per_epoch, keep_schedule
@@ -317,6 +318,25 @@ class KCDHook(Hook):
             scores=state.last_scores.numpy(),
             mean_values=state.bank.mean_values().float().numpy())
 
+    def _add_value_histograms(self, runner, step: int) -> None:
+        """Mean knowledge values of kept and dropped samples, for
+        TensorBoard (mmengine's visualizer has no histogram call)."""
+        writers = [
+            backend.experiment
+            for backend in runner.visualizer._vis_backends.values()
+            if isinstance(backend, TensorboardVisBackend)
+        ]
+        if not writers:
+            return
+        values = self.state.bank.mean_values().float()
+        kept = torch.zeros(self.state.num_samples, dtype=torch.bool)
+        kept[self.state.kept] = True
+        for writer in writers:
+            for tag, part in (('kcd/value_kept', values[kept]),
+                              ('kcd/value_dropped', values[~kept])):
+                if part.numel():
+                    writer.add_histogram(tag, part.numpy(), global_step=step)
+
     def _publish(self, runner, record: Dict) -> None:
         if is_main_process():
             with open(self._record_path(runner), 'a') as f:
@@ -324,6 +344,7 @@ class KCDHook(Hook):
                 f.flush()
                 os.fsync(f.fileno())
             self._write_snapshot(runner)
+            self._add_value_histograms(runner, record['epoch'])
         n = record['num_samples']
         ratio = record['sample_iters'] / max(record['full_kd_sample_iters'],
                                              1)

@@ -135,3 +135,33 @@ def test_resume_with_another_dataset_is_refused(data_root, tmp_path):
     assert proc.returncode != 0
     assert f'training set of {N} samples, this run\'s has {N + 6}' in (
         proc.stdout)
+
+
+def test_tensorboard_shows_stage_scalars_and_value_histograms(
+        data_root, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import \
+        EventAccumulator
+    cfg = tiny_kcd_config(data_root)
+    cfg['visualizer'] = dict(
+        type='mmpretrain.UniversalVisualizer',
+        vis_backends=[dict(type='TensorboardVisBackend')])
+    path = write_config(cfg, str(tmp_path / 'kcd.py'))
+    work_dir = str(tmp_path / 'work')
+    run_tool(['tools/train.py', path, '--work-dir', work_dir])
+    events = [
+        osp.join(root, f) for root, _, files in os.walk(work_dir)
+        for f in files if f.startswith('events.out.tfevents')
+    ]
+    assert len(events) == 1
+    acc = EventAccumulator(events[0], size_guidance={'histograms': 0})
+    acc.Reload()
+    kept = acc.Scalars('kcd/kept')
+    assert [(e.step, e.value) for e in kept] == [(1, 50), (2, 40), (3, 30)]
+    stages = _read_stages(work_dir)
+    means = [e.value for e in acc.Scalars('kcd/value_mean')]
+    assert means == pytest.approx([s['value_mean'] for s in stages])
+    dropped = acc.Histograms('kcd/value_dropped')
+    assert [h.step for h in dropped] == [1, 2, 3]
+    assert [h.histogram_value.num for h in dropped] == [10, 20, 30]
+    assert [h.histogram_value.num
+            for h in acc.Histograms('kcd/value_kept')] == [50, 40, 30]
