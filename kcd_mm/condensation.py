@@ -90,6 +90,55 @@ def rank_samples(scores: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.argsort(-keys.numpy()))
 
 
+def balance_classes(order: torch.Tensor, num_keep: int, labels: torch.Tensor,
+                    min_fraction: float) -> torch.Tensor:
+    """Reorder ``order`` so its first ``num_keep`` hold, of every class c,
+    at least ``ceil(min_fraction * n_c)`` samples (all of them if fewer).
+
+    Deficient classes bring in their best-ranked samples from below the
+    cut; they replace the lowest-ranked kept samples of classes with
+    surplus. Everything else keeps its rank order, so without a deficit
+    ``order`` is returned unchanged.
+    """
+    labels = labels.to(torch.int64)
+    counts = torch.bincount(labels)
+    need = torch.minimum(counts, torch.ceil(min_fraction * counts).long())
+    if int(need.sum()) > num_keep:
+        raise ValueError(
+            f'class_min_keep={min_fraction} asks to keep {int(need.sum())} '
+            f'samples but only {num_keep} are kept: lower class_min_keep '
+            '(at most theta).')
+    kept, rest = order[:num_keep], order[num_keep:]
+    have = torch.bincount(labels[kept], minlength=counts.numel())
+    deficit = (need - have).clamp(min=0)
+    if not bool(deficit.any()):
+        return order
+    promote = torch.cat([
+        rest[labels[rest] == c][:int(d)]
+        for c, d in enumerate(deficit.tolist()) if d
+    ])
+    surplus = (have - need).clamp(min=0)
+    demote = []
+    for idx in reversed(kept.tolist()):  # lowest-ranked first
+        if len(demote) == promote.numel():
+            break
+        c = int(labels[idx])
+        if surplus[c] > 0:
+            surplus[c] -= 1
+            demote.append(idx)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    moved_in = torch.zeros(order.numel(), dtype=torch.bool)
+    moved_in[promote] = True
+    moved_out = torch.zeros(order.numel(), dtype=torch.bool)
+    moved_out[torch.tensor(demote, dtype=torch.int64)] = True
+    new_kept = torch.cat([kept[~moved_out[kept]], promote])
+    new_rest = torch.cat([rest[~moved_in[rest]], kept[moved_out[kept]]])
+    new_kept = new_kept[torch.argsort(rank[new_kept])]
+    new_rest = new_rest[torch.argsort(rank[new_rest])]
+    return torch.cat([new_kept, new_rest])
+
+
 @dataclass
 class Condensation:
     """The result of one VAKS step.

@@ -56,6 +56,8 @@ class KCDHook(Hook):
         summary (bool): blend dropped samples into the kept tail (needs
             :class:`KnowledgeSummaryDataset`); False prunes only.
             Defaults to True.
+        class_min_keep (float): keep at least this fraction of every class
+            at each E-step (0: off, the reference). Defaults to 0.
         record_file (str): stage record name in the work dir.
         epoch_seeding (bool): reseed python, numpy and torch RNGs at each
             epoch start from (run seed, epoch), so a run resumed from an
@@ -74,6 +76,7 @@ class KCDHook(Hook):
                  score_ref_epochs: Optional[float] = None,
                  lam_range: Sequence[float] = (0.7, 1.0),
                  summary: bool = True,
+                 class_min_keep: float = 0.0,
                  record_file: str = 'kcd_stages.jsonl',
                  epoch_seeding: bool = True) -> None:
         self.options = KCDOptions(
@@ -83,7 +86,8 @@ class KCDHook(Hook):
             score_exponent=score_exponent,
             score_ref_epochs=score_ref_epochs,
             lam_range=tuple(lam_range),
-            summary=summary)
+            summary=summary,
+            class_min_keep=class_min_keep)
         self.record_file = record_file
         self.epoch_seeding = epoch_seeding
         self.state: Optional[KCDState] = None
@@ -99,7 +103,10 @@ class KCDHook(Hook):
         self._loss = self._find_loss(runner.model)
         num_samples = len(loader.dataset)
         self._check_setup(loader.dataset, runner.train_loop)
-        self.state = KCDState(num_samples, self.options)
+        labels = None
+        if self.options.class_min_keep > 0:
+            labels = _dataset_labels(loader.dataset)
+        self.state = KCDState(num_samples, self.options, labels)
         if self._loaded is not None:
             self._restore(runner)
         else:
@@ -395,6 +402,18 @@ class KCDHook(Hook):
                 'iteration-based (by_epoch=False or convert_to_iter_based):'
                 ' it was sized for full epochs and will run behind. Use '
                 'epoch-based schedules with KCD.')
+
+
+def _dataset_labels(dataset) -> torch.Tensor:
+    """One class index per sample, for per-class balancing."""
+    inner = getattr(dataset, 'dataset', dataset)
+    if hasattr(inner, 'get_gt_labels'):
+        return torch.as_tensor(inner.get_gt_labels(), dtype=torch.int64)
+    if hasattr(inner, 'get_cat_ids'):
+        return torch.tensor([inner.get_cat_ids(i)[0] for i in range(len(inner))])
+    raise TypeError(
+        f'class_min_keep needs sample labels, but {type(inner).__name__} has '
+        'neither get_gt_labels() nor get_cat_ids(); set class_min_keep=0.')
 
 
 def _differs(a, b) -> bool:

@@ -12,8 +12,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .bank import KnowledgeBank
-from .condensation import (Condensation, check_lam_range, condense,
-                           cost_aware_scores, next_keep_size, rank_samples)
+from .condensation import (Condensation, balance_classes, check_lam_range,
+                           condense, cost_aware_scores, next_keep_size,
+                           rank_samples)
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class KCDOptions:
         score_ref_epochs: T_ref; None means ``stage_epochs``.
         lam_range: (lam_min, lam_max) of the summary blend.
         summary: blend dropped samples into the tail (False: prune only).
+        class_min_keep: keep at least this fraction of every class (0: off,
+            the reference); needs the samples' labels.
     """
     stage_epochs: int = 40
     theta: float = 0.7
@@ -36,6 +39,7 @@ class KCDOptions:
     score_ref_epochs: Optional[float] = None
     lam_range: Tuple[float, float] = (0.7, 1.0)
     summary: bool = True
+    class_min_keep: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.stage_epochs, int) or self.stage_epochs < 1:
@@ -59,6 +63,11 @@ class KCDOptions:
             raise ValueError(
                 f'KCD score_ref_epochs={self.score_ref_epochs!r} must be > 0 '
                 'or None (None uses stage_epochs, as the reference does).')
+        if not 0.0 <= self.class_min_keep <= self.theta:
+            raise ValueError(
+                f'KCD class_min_keep={self.class_min_keep!r} must lie in '
+                f'[0, theta={self.theta}]: no more of a class can be kept '
+                'than of the whole set (0 turns balancing off).')
         object.__setattr__(self, 'lam_range', check_lam_range(self.lam_range))
 
     @property
@@ -72,10 +81,19 @@ class KCDState:
     Args:
         num_samples (int): N.
         options (KCDOptions): the E-step options.
+        labels (Tensor, optional): class of each sample, needed for
+            ``options.class_min_keep``.
     """
 
-    def __init__(self, num_samples: int, options: KCDOptions) -> None:
+    def __init__(self,
+                 num_samples: int,
+                 options: KCDOptions,
+                 labels: Optional[torch.Tensor] = None) -> None:
+        if options.class_min_keep > 0 and (labels is None
+                                           or labels.numel() != num_samples):
+            raise ValueError('class_min_keep needs one label per sample')
         self.options = options
+        self.labels = labels
         self.num_samples = int(num_samples)
         self.bank = KnowledgeBank(num_samples)
         self.kept: Optional[torch.Tensor] = None  # None: all N
@@ -112,6 +130,9 @@ class KCDState:
         current = self.kept_size
         num_keep = next_keep_size(self.num_samples, current, opts.theta,
                                   opts.num_steps)
+        if opts.class_min_keep > 0:
+            order = balance_classes(order, num_keep, self.labels,
+                                    opts.class_min_keep)
         self.pairs = condense(order, current, num_keep, opts.lam_range,
                               opts.summary)
         self.kept = self.pairs.kept

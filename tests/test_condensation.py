@@ -93,3 +93,18 @@ def test_estep_fast_at_imagenet_scale():
     assert c.kept.numel() == n - math.floor(n * 0.3 / 6)
     assert torch.unique(torch.cat([c.kept, c.lost])).numel() == (
         c.kept.numel() + c.lost.numel())
+
+
+def test_class_balance_keeps_a_minimum_of_every_class():
+    from kcd_mm.condensation import balance_classes
+    # 10 samples ranked 0..9; class 1 = {6, 7, 8, 9} all below a cut at 6.
+    order = torch.arange(10)
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+    assert torch.equal(balance_classes(order, 6, labels, 0.0), order)
+    new = balance_classes(order, 6, labels, 0.5)  # class 1 needs 2 of 4
+    assert new[:6].tolist() == [0, 1, 2, 3, 6, 7]  # 4, 5 made room
+    assert new[6:].tolist() == [4, 5, 8, 9]  # rest stays in rank order
+    c = condense(new, 10, 6)  # pairs follow the balanced order
+    assert c.tail.tolist() == [2, 3, 6, 7] and c.lost.tolist() == [4, 5, 8, 9]
+    with pytest.raises(ValueError, match='class_min_keep=0.9'):
+        balance_classes(order, 6, labels, 0.9)

@@ -165,3 +165,18 @@ def test_tensorboard_shows_stage_scalars_and_value_histograms(
     assert [h.histogram_value.num for h in dropped] == [10, 20, 30]
     assert [h.histogram_value.num
             for h in acc.Histograms('kcd/value_kept')] == [50, 40, 30]
+
+
+def test_class_min_keep_protects_every_class(data_root, tmp_path):
+    """theta .5 with a class floor of .5: each class keeps >= 10 of 20."""
+    cfg = Config(tiny_kcd_config(data_root, summary=False,
+                                 class_min_keep=0.5))
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    labels = torch.tensor(runner.train_dataloader.dataset.get_gt_labels())
+    for name in sorted(os.listdir(osp.join(cfg.work_dir, 'kcd_stages'))):
+        kept = np.load(osp.join(cfg.work_dir, 'kcd_stages', name))['kept']
+        per_class = torch.bincount(labels[torch.from_numpy(kept).long()],
+                                   minlength=3)
+        assert per_class.min() >= 10, (name, per_class)
