@@ -344,3 +344,26 @@ def run_tool(args: Sequence[str],
             f'{" ".join(args)} exited with {proc.returncode}:\n'
             f'{proc.stdout[-6000:]}')
     return proc
+
+
+def make_imagenet_folder(root: str,
+                         num_train: int,
+                         num_val: int,
+                         num_classes: int = 3,
+                         size: int = 32) -> str:
+    """An ImageNet-layout folder: ``train/``, ``val/`` and ``meta/*.txt``.
+
+    mmpretrain's ImageNet asserts 1000 class folders when it scans them,
+    but an annotation file may hold any labels, so the splits are listed
+    in ``meta/train.txt`` and ``meta/val.txt``.
+    """
+    os.makedirs(osp.join(root, 'meta'))
+    for split, num, seed in (('train', num_train, 0), ('val', num_val, 1)):
+        folder = make_image_folder(
+            osp.join(root, split), num_images=num, num_classes=num_classes,
+            size=size, seed=seed)
+        with open(osp.join(root, 'meta', f'{split}.txt'), 'w') as f:
+            for c in range(num_classes):
+                for name in sorted(os.listdir(osp.join(folder, f'class_{c}'))):
+                    f.write(f'class_{c}/{name} {c}\n')
+    return root

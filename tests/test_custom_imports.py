@@ -18,7 +18,7 @@ import os.path as osp
 
 import pytest
 import torch
-from helpers import make_image_folder, run_tool
+from helpers import make_imagenet_folder, run_tool
 from mmengine.config import Config
 
 MMRAZOR_KD = osp.join('configs', 'distill', 'mmcls', 'kd',
@@ -92,21 +92,6 @@ def _mmrazor_kd_config() -> str:
     return path
 
 
-def _imagenet_folder(root: str) -> str:
-    """ImageNet layout with meta/{split}.txt (the ImageNet dataset asserts
-    1000 class folders, but an annotation file may hold any labels)."""
-    os.makedirs(osp.join(root, 'meta'))
-    for split, num, seed in (('train', NUM_TRAIN, 0), ('val', NUM_VAL, 1)):
-        folder = make_image_folder(
-            osp.join(root, split), num_images=num, num_classes=NUM_CLASSES,
-            size=32, seed=seed)
-        with open(osp.join(root, 'meta', f'{split}.txt'), 'w') as f:
-            for c in range(NUM_CLASSES):
-                for name in sorted(os.listdir(osp.join(folder, f'class_{c}'))):
-                    f.write(f'class_{c}/{name} {c}\n')
-    return root
-
-
 def _teacher_checkpoint(path: str) -> str:
     """Weights of a freshly built stock ResNet-34, as a plain state dict."""
     from mmengine.hub import get_model
@@ -135,7 +120,8 @@ def test_mmrazor_config_gains_kcd(tmp_path):
     assert loss.type == 'ValueWeightedLoss'
     assert loss.loss == dict(type='KLDivergence', tau=1, loss_weight=3)
 
-    root = _imagenet_folder(str(tmp_path / 'imagenet'))
+    root = make_imagenet_folder(str(tmp_path / 'imagenet'), NUM_TRAIN, NUM_VAL,
+                                NUM_CLASSES)
     teacher = _teacher_checkpoint(str(tmp_path / 'resnet34.pth'))
     tiny = tmp_path / 'tiny.py'
     tiny.write_text(TINY_OVERRIDE.format(teacher=teacher, root=root))
