@@ -1,7 +1,7 @@
 """E-step cost and KCD state size against N, next to the reference's way.
 
     python benchmarks/bench_estep.py [--sizes 50000 1281167 14197122]
-        [--epochs 100] [--threads 1]
+        [--epochs 100] [--threads 1] [--out FILE]
 
 Times one full E-step (score, rank all N, condense) on ``--threads`` cores
 (default 1, as the target is stated) and reports the bank's bytes next to
@@ -44,6 +44,10 @@ def main() -> None:
     parser.add_argument('--epochs', type=int, default=100,
                         help='epochs of history the reference would keep')
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument(
+        '--out',
+        default=osp.join(osp.dirname(osp.abspath(__file__)), 'results',
+                         'estep.json'))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -56,9 +60,8 @@ def main() -> None:
         print(f'{n:>10} {row["estep_seconds"]:>9.3f} '
               f'{row["state_bytes"] / 2**20:>10.1f} '
               f'{row["reference_history_bytes"] / 2**20:>22.1f}')
-    out = osp.join(osp.dirname(osp.abspath(__file__)), 'results')
-    os.makedirs(out, exist_ok=True)
-    with open(osp.join(out, 'estep.json'), 'w') as f:
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
         json.dump(dict(threads=args.threads, epochs=args.epochs, rows=rows),
                   f, indent=2)
 

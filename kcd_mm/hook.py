@@ -18,7 +18,7 @@ from mmengine.runner import EpochBasedTrainLoop
 from mmengine.visualization import TensorboardVisBackend
 from mmrazor.registry import HOOKS
 
-from .condensation import boundary_epochs, iterations_per_epoch, keep_schedule
+from .condensation import iterations_per_epoch, keep_schedule
 from .dataset import KnowledgeSummaryDataset
 from .loss import ValueWeightedLoss
 from .sampler import KCDSampler
@@ -44,6 +44,13 @@ class KCDHook(Hook):
     appends a line to ``<work_dir>/kcd_stages.jsonl`` and logs the same
     figures under ``kcd/``. Its state is saved in every checkpoint.
 
+    ``strategy`` swaps the selection for a comparison at KCD's sample
+    budget (see :mod:`kcd_mm.strategies`): ``'random'`` keeps random
+    subsets of KCD's sizes at the same boundaries; ``'infobatch'`` prunes
+    every epoch and hands each batch's loss weights to the
+    :class:`ValueWeightedLoss` (which rescales the wrapped distill loss
+    only, not the student's own CE), one record per epoch.
+
     Args:
         stage_epochs (int): T, epochs per stage. Defaults to 40.
         theta (float): final kept fraction floor, in (0, 1]. Defaults to 0.7.
@@ -58,6 +65,12 @@ class KCDHook(Hook):
             Defaults to True.
         class_min_keep (float): keep at least this fraction of every class
             at each E-step (0: off, the reference). Defaults to 0.
+        strategy (str): ``'kcd'`` (the method), ``'random'`` or
+            ``'infobatch'``; the last two ignore ``summary``.
+            Defaults to ``'kcd'``.
+        infobatch_full_epochs_ratio (float): with ``'infobatch'``, the last
+            ``ceil(ratio * max_epochs)`` epochs train on all data.
+            Defaults to 0.125.
         record_file (str): stage record name in the work dir.
         epoch_seeding (bool): reseed python, numpy and torch RNGs at each
             epoch start from (run seed, epoch), so a run resumed from an
@@ -77,6 +90,8 @@ class KCDHook(Hook):
                  lam_range: Sequence[float] = (0.7, 1.0),
                  summary: bool = True,
                  class_min_keep: float = 0.0,
+                 strategy: str = 'kcd',
+                 infobatch_full_epochs_ratio: float = 0.125,
                  record_file: str = 'kcd_stages.jsonl',
                  epoch_seeding: bool = True) -> None:
         self.options = KCDOptions(
@@ -87,7 +102,9 @@ class KCDHook(Hook):
             score_ref_epochs=score_ref_epochs,
             lam_range=tuple(lam_range),
             summary=summary,
-            class_min_keep=class_min_keep)
+            class_min_keep=class_min_keep,
+            strategy=strategy,
+            infobatch_full_epochs_ratio=infobatch_full_epochs_ratio)
         self.record_file = record_file
         self.epoch_seeding = epoch_seeding
         self.state: Optional[KCDState] = None
@@ -106,7 +123,9 @@ class KCDHook(Hook):
         labels = None
         if self.options.class_min_keep > 0:
             labels = _dataset_labels(loader.dataset)
-        self.state = KCDState(num_samples, self.options, labels)
+        self.state = KCDState(num_samples, self.options, labels,
+                              seed=runner.seed or 0,
+                              max_epochs=runner.max_epochs)
         if self._loaded is not None:
             self._restore(runner)
         else:
@@ -114,17 +133,16 @@ class KCDHook(Hook):
         self._sampler.set_kept(*self._kept_and_pairs())
         self._plan_iterations(runner)
         self._warn_iteration_schedulers(runner)
-        boundaries = boundary_epochs(self.options.stage_epochs,
-                                     runner.max_epochs)
         runner.logger.info(
             f'KCD: N={num_samples}, {self.options}, E-steps after epochs '
-            f'{boundaries}, kept now {self.state.kept_size}, knowledge bank '
+            f'{self.state.boundaries()}, kept now {self.state.kept_size}, '
+            f'sample budget {self.state.budget}, knowledge bank '
             f'{self.state.bank.nbytes / 2**20:.1f} MiB')
 
     def _check_setup(self, dataset, loop) -> None:
         """Refuse configurations KCD cannot run, before any iteration."""
         opts = self.options
-        if opts.summary and not isinstance(dataset, KnowledgeSummaryDataset):
+        if opts.blends and not isinstance(dataset, KnowledgeSummaryDataset):
             raise TypeError(
                 'KCDHook(summary=True) needs the training dataset wrapped: '
                 "train_dataloader.dataset=dict(type='mmrazor."
@@ -179,7 +197,7 @@ class KCDHook(Hook):
 
     def _kept_and_pairs(self):
         pairs = self.state.pairs
-        if pairs is None or not self.options.summary:
+        if pairs is None or not self.options.blends:
             return (self.state.kept, )
         return self.state.kept, pairs.tail, pairs.lost, pairs.lam
 
@@ -225,7 +243,8 @@ class KCDHook(Hook):
         labels = None
         if 'gt_label' in samples[0]:
             labels = torch.cat([s.gt_label.reshape(-1)[:1] for s in samples])
-        self._loss.set_batch(torch.tensor(idx, dtype=torch.int64), labels)
+        idx = torch.tensor(idx, dtype=torch.int64)
+        self._loss.set_batch(idx, labels, self.state.sample_weights(idx))
 
     def after_train_iter(self,
                          runner,
@@ -252,8 +271,7 @@ class KCDHook(Hook):
                 'this epoch (NaN/inf logits); those samples keep their '
                 'earlier values.')
         epochs_done = runner.epoch + 1
-        if epochs_done not in boundary_epochs(self.options.stage_epochs,
-                                              runner.max_epochs):
+        if epochs_done not in self.state.boundaries():
             return
         record = self.state.estep(epochs_done)
         # Peak resident memory of this process so far: flat across stages
@@ -355,6 +373,20 @@ class KCDHook(Hook):
         n = record['num_samples']
         ratio = record['sample_iters'] / max(record['full_kd_sample_iters'],
                                              1)
+        if 'prune_ratio' in record:
+            runner.logger.info(
+                f"KCD infobatch: epoch {record['epoch'] + 1} trains on "
+                f"{record['kept']} (planned {record['target']}), dropping "
+                f"{100 * record['prune_ratio']:.1f}% of the "
+                f"{record['below_mean']} below-mean samples, the rest "
+                f"weighted {record['loss_weight']:.3f}")
+            if record['budget_capped']:
+                runner.logger.warning(
+                    'KCD infobatch: dropping every below-mean sample still '
+                    f"leaves {record['kept']} > {record['target']} planned; "
+                    'later epochs are planned smaller to make up, and the '
+                    f"run overspends KCD's budget {record['budget']} if "
+                    'they cannot.')
         runner.logger.info(
             f"KCD stage {record['stage']} after epoch {record['epoch']}: "
             f"kept {record['kept']}/{n} ({100 * record['kept'] / n:.1f}%), "
@@ -365,7 +397,7 @@ class KCDHook(Hook):
             f"{record['estep_seconds'] * 1e3:.1f} ms; peak RSS "
             f"{record['peak_rss_mib']:.0f} MiB")
         scalars = {
-            f'kcd/{k}': v
+            f'kcd/{k}': int(v) if isinstance(v, bool) else v
             for k, v in record.items() if k not in ('stage', 'epoch')
         }
         scalars['kcd/kept_fraction'] = record['kept'] / n
@@ -382,10 +414,7 @@ class KCDHook(Hook):
         if loader.batch_size is None:
             return
         start = loop.epoch if start_epoch is None else start_epoch
-        opts = self.options
-        sizes = keep_schedule(self.state.num_samples, opts.theta,
-                              opts.num_steps, opts.stage_epochs,
-                              loop.max_epochs, start, self.state.kept_size)
+        sizes = self.state.planned_sizes(start)
         world = get_world_size()
         loop._max_iters = loop.iter + sum(
             iterations_per_epoch(s, loader.batch_size, world,

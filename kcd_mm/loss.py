@@ -6,6 +6,13 @@ computes each sample's knowledge value from them (no extra forward) and
 hands ``(sample_idx, value)`` to :class:`KCDHook`; the loss it returns is
 the wrapped loss unchanged (``weighting='uniform'``, the reference) or the
 per-sample losses weighted by normalised value (``weighting='value'``).
+
+When :class:`KCDHook` passes per-sample loss weights with the batch
+(``strategy='infobatch'``: 1 / (1 - r) on the kept below-mean samples),
+the loss is ``mean(weight * per-sample loss)``, split by the rules of
+:mod:`kcd_mm.per_sample`. Only this wrapped distill loss is rescaled: the
+student's own CE is computed inside the student's head, out of reach, so
+it stays a plain mean over the (pruned) batch.
 """
 import inspect
 import types
@@ -91,14 +98,17 @@ class ValueWeightedLoss(nn.Module):
                                 'forward')
         fn.__signature__ = inspect.signature(type(self.loss).forward)
         self.forward = types.MethodType(fn, self)
-        self._batch: Optional[Tuple[torch.Tensor,
+        self._batch: Optional[Tuple[torch.Tensor, Optional[torch.Tensor],
                                     Optional[torch.Tensor]]] = None
         self._records: List[Tuple[torch.Tensor, torch.Tensor]] = []
 
-    def set_batch(self, sample_idx: torch.Tensor,
-                  labels: Optional[torch.Tensor]) -> None:
-        """Called by KCDHook before each iteration with the batch's ids."""
-        self._batch = (sample_idx, labels)
+    def set_batch(self,
+                  sample_idx: torch.Tensor,
+                  labels: Optional[torch.Tensor],
+                  weights: Optional[torch.Tensor] = None) -> None:
+        """Called by KCDHook before each iteration with the batch's ids
+        (and per-sample loss weights, or None for all 1)."""
+        self._batch = (sample_idx, labels, weights)
 
     def pop_records(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """(sample_idx, values) pairs recorded since the last call."""
@@ -121,6 +131,9 @@ class ValueWeightedLoss(nn.Module):
                 f'{self._params[0]!r}, got shape {tuple(preds_S.shape)}: '
                 'record the head.fc outputs (ModuleOutputs) for this loss.')
         values = None
+        sample_weights = None
+        if self.training and self._batch is not None:
+            sample_weights = self._batch[2]
         if self.training and (self.record or self.weighting == 'value'):
             labels = self._labels(bound)
             if self._needs_labels and labels is None:
@@ -144,12 +157,14 @@ class ValueWeightedLoss(nn.Module):
                     'augments that change the batch size are not supported.')
             self._records.append((sample_idx, values))
             self._batch = None
-        if self.weighting == 'uniform' or not self.training:
+        if not self.training or (self.weighting == 'uniform'
+                                 and sample_weights is None):
             return self.loss(*args, **kwargs)
-        return self._weighted(bound, values)
+        return self._weighted(bound, values, sample_weights)
 
     def _weighted(self, bound: inspect.BoundArguments,
-                  values: torch.Tensor) -> torch.Tensor:
+                  values: Optional[torch.Tensor],
+                  sample_weights: Optional[torch.Tensor]) -> torch.Tensor:
         args = list(bound.args)
         if self.split == 'vmap':
             rows = splits.vmap_per_sample_loss(self.loss, *args)
@@ -157,9 +172,17 @@ class ValueWeightedLoss(nn.Module):
                 self._check_split(rows, bound)
         else:
             rows = splits.per_sample_loss(self.loss, *args)
-        weights = torch.nan_to_num(values.clamp(min=0), nan=0.0)
-        mean = weights.mean()
-        weights = weights / mean if mean > 0 else torch.ones_like(weights)
+        weights = torch.ones_like(rows)
+        if self.weighting == 'value':
+            weights = torch.nan_to_num(values.clamp(min=0), nan=0.0)
+            mean = weights.mean()
+            weights = weights / mean if mean > 0 else torch.ones_like(weights)
+        if sample_weights is not None:
+            if sample_weights.numel() != rows.numel():
+                raise RuntimeError(
+                    f'ValueWeightedLoss: {sample_weights.numel()} sample '
+                    f'weights for a batch of {rows.numel()}')
+            weights = weights * sample_weights.to(weights.device)
         return (weights.to(rows.dtype) * rows).mean()
 
     def _check_split(self, rows: torch.Tensor,

@@ -8,6 +8,8 @@
 #   4. report the student's test accuracy and where the records are
 #
 # Usage: bash tools/run_demo.sh [STUDENT_CONFIG] [WORK_DIR]
+#        bash tools/run_demo.sh --teacher-only   (steps 1-2: data and teacher;
+#                                                 benchmarks/run.py uses it)
 #   STUDENT_CONFIG  default configs/kcd/kcd_demo_fashionmnist.py
 #                   (configs/kd/kd_demo_fashionmnist.py gives plain KD)
 #   WORK_DIR        default work_dirs/demo_<config name>
@@ -18,6 +20,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+TEACHER_ONLY=0
+if [[ "${1:-}" == "--teacher-only" ]]; then
+    TEACHER_ONLY=1
+    shift
+fi
 PYTHON="${PYTHON:-python}"
 TEACHER_CFG="configs/teachers/resnet18_w16_fashionmnist.py"
 TEACHER_DIR="${TEACHER_DIR:-work_dirs/demo_teacher}"
@@ -48,6 +55,10 @@ else
         "$LAST" "$TEACHER_PTH"
 fi
 T1=$(stamp)
+if [[ "$TEACHER_ONLY" == 1 ]]; then
+    echo "teacher:    $TEACHER_PTH (ready in $((T1 - T0)) s, data included)"
+    exit 0
+fi
 
 echo "== [3/4] student ($STUDENT_CFG)"
 "$PYTHON" tools/train.py "$STUDENT_CFG" --work-dir "$STUDENT_DIR" \

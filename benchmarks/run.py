@@ -1,0 +1,602 @@
+"""The KCD benchmark on real Fashion-MNIST, in one command.
+
+    python benchmarks/run.py --mode quick   # < 10 min on 2 CPU cores
+    python benchmarks/run.py --mode full    # < 2 h on 2 CPU cores
+        [--jobs 2] [--work-dir work_dirs/bench_MODE] [--force] [--no-docs]
+        [--docs-only]
+
+Needs the data and the demo's teacher: the first run calls
+``bash tools/run_demo.sh --teacher-only`` (prepares data/fashion_mnist,
+trains configs/teachers/resnet18_w16_fashionmnist.py once, keeps its
+weights in work_dirs/demo_teacher/teacher.pth; about 8 min on 2 cores) and
+later runs reuse it. Every arm is ``tools/train.py`` on a shipped config
+with ``--cfg-options``, then ``tools/test.py`` on its last checkpoint:
+
+====  ==============  ===============================================
+arm   name            config and options
+====  ==============  ===============================================
+1     student         configs/students/resnet18_w4_fashionmnist.py
+2     kd              configs/kd/kd_demo_fashionmnist.py
+3     kcd             configs/kcd/kcd_demo_fashionmnist.py
+4     kcd_prune       the same, ``custom_hooks.0.summary=False``
+5     random          the same, ``custom_hooks.0.strategy=random``
+6     infobatch       the same, ``custom_hooks.0.strategy=infobatch``
+====  ==============  ===============================================
+
+Arms 3-6 share KCDHook's schedule options (stage_epochs, theta,
+num_steps), so 5 and 6 spend exactly KCD's samples. The budget curve
+(full mode) runs KCD, random and InfoBatch at 50/60/75% of KD's
+sample-iterations, with theta and num_steps picked per budget by
+:func:`choose_schedule` (``keep_schedule`` arithmetic, no accuracy
+involved); the 87.5% point is the main arms.
+
+Held-out data: settings are judged on the last ``--holdout`` (10,000)
+images of the *training* file, never on the test set. Arms train on the
+first ``n_train`` training images (``indices=n_train``: a prefix, so
+mmengine's ``sample_idx``, the position in the subset, equals the image's
+index in the file and KCD's records name the file's images) and validate
+on ``indices=-holdout`` with the test pipeline (``test_mode=False``: that
+is how mmpretrain 1.2.0's FashionMNIST reads the training file). The test
+set is evaluated once per arm at the end, reported, and used for nothing.
+
+Each arm runs in its own process with one OpenMP thread, ``--jobs`` at a
+time; a finished arm (``bench_result.json`` in its work dir) is not run
+again unless ``--force`` or its options changed. Also runs
+benchmarks/bench_estep.py and benchmarks/bench_overhead.py. Writes
+benchmarks/results/bench_MODE.json, docs/img/bench_MODE_*.png, and the
+MODE section of docs/results.md.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import os.path as osp
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from kcd_mm.condensation import boundary_epochs, keep_schedule  # noqa: E402
+
+# Where tools/run_demo.sh keeps the teacher (it honours TEACHER_DIR too).
+TEACHER = osp.join(os.environ.get('TEACHER_DIR', 'work_dirs/demo_teacher'),
+                   'teacher.pth')
+CONFIGS = dict(
+    student='configs/students/resnet18_w4_fashionmnist.py',
+    kd='configs/kd/kd_demo_fashionmnist.py',
+    kcd='configs/kcd/kcd_demo_fashionmnist.py')
+# arm -> (config, KCDHook options beyond the schedule)
+ARMS = dict(
+    student=('student', {}),
+    kd=('kd', {}),
+    kcd=('kcd', {}),
+    kcd_prune=('kcd', dict(summary=False)),
+    random=('kcd', dict(strategy='random')),
+    infobatch=('kcd', dict(strategy='infobatch')))
+LABELS = dict(
+    student='1 student alone', kd='2 KD', kcd='3 KD+KCD',
+    kcd_prune='4 KCD prune-only', random='5 random, KCD budget',
+    infobatch='6 InfoBatch, KCD budget')
+REFERENCE = dict(theta=0.7, num_steps=6)  # the configs' (reference) values
+
+
+@dataclass
+class Mode:
+    """One benchmark setting.
+
+    Attributes:
+        n_train: training images (the first of the training file).
+        holdout: held-out images (the last of the training file).
+        epochs: epochs of every arm.
+        stage_epochs: KCD's T.
+        seeds: arm -> seeds (arms not listed run seed 0 only).
+        budgets: fractions of KD's samples for the budget curve.
+        estep_sizes: N for benchmarks/bench_estep.py.
+        overhead_args: arguments of benchmarks/bench_overhead.py.
+    """
+    n_train: int
+    holdout: int
+    epochs: int
+    stage_epochs: int
+    seeds: Dict[str, Sequence[int]] = field(default_factory=dict)
+    budgets: Sequence[float] = ()
+    estep_sizes: Sequence[int] = (50000, 1281167)
+    overhead_args: Sequence[str] = ()
+
+
+MODES = dict(
+    # 10k images, 6 epochs in 1-epoch stages (the demo's schedule), 1 seed:
+    # ~8 min on 2 cores beside another job using one (20k took 12 min).
+    quick=Mode(n_train=10000, holdout=10000, epochs=6, stage_epochs=1,
+               overhead_args=('--rounds', '1', '--epochs', '2', '--images',
+                              '1024')),
+    # 20k images, 18 epochs in 3-epoch stages (the reference's 6 stages),
+    # 3 seeds for KD, KCD and random, and the budget curve: 21 runs worth
+    # 16 KD runs of 2,826 iterations, two at a time. At the 0.25 s/iter
+    # measured in the quick run beside another job using a core: ~95 min,
+    # plus ~10 min of start-ups, validations and tests.
+    full=Mode(n_train=20000, holdout=10000, epochs=18, stage_epochs=3,
+              seeds=dict(kd=(0, 1, 2), kcd=(0, 1, 2), random=(0, 1, 2)),
+              budgets=(0.5, 0.6, 0.75),
+              estep_sizes=(50000, 1281167, 14197122)))
+
+
+# ------------------------------------------------------------ schedules
+def budget_ratio(n: int, theta: float, num_steps: int, stage_epochs: int,
+                 epochs: int) -> float:
+    """KCD's samples over KD's for one schedule."""
+    return sum(keep_schedule(n, theta, num_steps, stage_epochs,
+                             epochs)) / (n * epochs)
+
+
+def choose_schedule(n: int, epochs: int, stage_epochs: int, target: float,
+                    min_theta: float = 0.25,
+                    tol: float = 0.005) -> Tuple[float, int, float]:
+    """(theta, num_steps, ratio) giving ``target`` of KD's samples.
+
+    The most gradual schedule that meets the budget: the largest K (at
+    most one condensation per E-step, as the reference's K = 6 over 6
+    stages) for which a floor theta >= ``min_theta`` lands within ``tol``;
+    otherwise the closest of all.
+    """
+    steps = max(len(boundary_epochs(stage_epochs, epochs)), 1)
+    thetas = [round(min_theta + 0.001 * i, 3)
+              for i in range(int(round((1 - min_theta) / 0.001)) + 1)]
+    best = None
+    for k in range(steps, 0, -1):
+        err, theta = min(
+            (abs(budget_ratio(n, t, k, stage_epochs, epochs) - target), t)
+            for t in thetas)
+        if err <= tol:
+            return theta, k, budget_ratio(n, theta, k, stage_epochs, epochs)
+        if best is None or err < best[0]:
+            best = (err, theta, k)
+    _, theta, k = best
+    return theta, k, budget_ratio(n, theta, k, stage_epochs, epochs)
+
+
+# ----------------------------------------------------------------- arms
+@dataclass
+class Arm:
+    name: str  # work dir name, e.g. kcd_s0, random_b50_s0
+    arm: str  # key of ARMS
+    seed: int
+    budget: Optional[float] = None  # None: the main arms' schedule
+    hook: Dict = field(default_factory=dict)  # KCDHook options
+
+    @property
+    def config(self) -> str:
+        return CONFIGS[ARMS[self.arm][0]]
+
+    @property
+    def cost(self) -> float:
+        """Relative run time, for scheduling the longest first."""
+        if self.arm == 'student':
+            return 0.7
+        return 1.0 if self.arm == 'kd' else (self.budget or 0.875)
+
+
+def plan_arms(mode: Mode) -> List[Arm]:
+    arms = []
+    for arm, (_, extra) in ARMS.items():
+        for seed in mode.seeds.get(arm, (0, )):
+            hook = {}
+            if ARMS[arm][0] == 'kcd':
+                hook = dict(stage_epochs=mode.stage_epochs, **extra)
+            arms.append(Arm(f'{arm}_s{seed}', arm, seed, None, hook))
+    for budget in mode.budgets:
+        theta, steps, _ = choose_schedule(mode.n_train, mode.epochs,
+                                          mode.stage_epochs, budget)
+        for arm in ('kcd', 'random', 'infobatch'):
+            hook = dict(stage_epochs=mode.stage_epochs, theta=theta,
+                        num_steps=steps, **ARMS[arm][1])
+            arms.append(
+                Arm(f'{arm}_b{round(100 * budget)}_s0', arm, 0, budget,
+                    hook))
+    return arms
+
+
+def cfg_options(arm: Arm, mode: Mode) -> List[str]:
+    """--cfg-options of an arm: data split, schedule, seed, teacher, KCD."""
+    wrapped = ARMS[arm.arm][0] == 'kcd'  # in KnowledgeSummaryDataset
+    train_ds = 'train_dataloader.dataset' + ('.dataset' if wrapped else '')
+    opts = {
+        f'{train_ds}.indices': mode.n_train,
+        'val_dataloader.dataset.split': 'train',
+        'val_dataloader.dataset.test_mode': False,
+        'val_dataloader.dataset.indices': -mode.holdout,
+        'train_cfg.max_epochs': mode.epochs,
+        'train_cfg.val_interval': mode.epochs,
+        'param_scheduler.T_max': mode.epochs,
+        'randomness.seed': arm.seed,
+    }
+    if arm.arm != 'student':
+        opts['model.teacher_ckpt'] = TEACHER
+    for key, value in arm.hook.items():
+        opts[f'custom_hooks.0.{key}'] = value
+    return [f'{k}={v}' for k, v in opts.items()]
+
+
+def _env() -> Dict[str, str]:
+    env = dict(os.environ)
+    # One thread a process: two spinning OpenMP pools on a busy 2-core
+    # machine slow a run down ~10x (measured with the teacher here).
+    env['OMP_NUM_THREADS'] = '1'
+    env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    return env
+
+
+def _scalars(work_dir: str) -> List[Dict]:
+    """The logged scalars of the newest run in ``work_dir``: training's
+    vis_data/scalars.json, or the metrics json a test run writes."""
+    paths = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
+                                      'scalars.json')))
+    paths = paths or sorted(glob.glob(osp.join(work_dir, '*', '*.json')))
+    if not paths:
+        return []
+    with open(paths[-1]) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _top1(rows: List[Dict]) -> Optional[float]:
+    hits = [r['accuracy/top1'] for r in rows if 'accuracy/top1' in r]
+    return hits[-1] if hits else None
+
+
+def run_arm(arm: Arm, mode: Mode, root: str, force: bool) -> Dict:
+    """Train, test and summarise one arm (cached in its work dir)."""
+    work = osp.join(root, arm.name)
+    result_path = osp.join(work, 'bench_result.json')
+    opts = cfg_options(arm, mode)
+    if osp.isfile(result_path) and not force:
+        with open(result_path) as f:
+            cached = json.load(f)
+        if cached['cfg_options'] == opts:  # else the mode's settings changed
+            return dict(cached, reused=True)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    python = sys.executable
+    start = time.perf_counter()
+    with open(osp.join(work, 'train.out'), 'w') as out:
+        subprocess.run([python, 'tools/train.py', arm.config, '--work-dir',
+                        work, '--cfg-options', *opts], cwd=ROOT,
+                       env=_env(), stdout=out, stderr=subprocess.STDOUT,
+                       check=True)
+    train_seconds = time.perf_counter() - start
+    ckpt = osp.join(work, f'epoch_{mode.epochs}.pth')
+    with open(osp.join(work, 'test.out'), 'w') as out:
+        subprocess.run([python, 'tools/test.py', arm.config, ckpt,
+                        '--work-dir', osp.join(work, 'test'),
+                        '--cfg-options', *opts], cwd=ROOT, env=_env(),
+                       stdout=out, stderr=subprocess.STDOUT, check=True)
+    train_rows = _scalars(work)
+    iter_times = [r['time'] for r in train_rows
+                  if 'loss' in r and 'time' in r][2:]
+    result = dict(
+        asdict(arm),
+        config=arm.config,
+        cfg_options=opts,
+        holdout_top1=_top1(train_rows),
+        teacher_holdout_top1=next(
+            (r['teacher.accuracy/top1'] for r in reversed(train_rows)
+             if 'teacher.accuracy/top1' in r), None),
+        test_top1=_top1(_scalars(osp.join(work, 'test'))),
+        full_kd_sample_iters=mode.n_train * mode.epochs,
+        sample_iters=mode.n_train * mode.epochs,
+        train_seconds=round(train_seconds, 1),
+        seconds_per_iter=statistics.median(iter_times)
+        if iter_times else None,
+        stages=[])
+    if arm.hook:
+        import torch
+        state = torch.load(ckpt, weights_only=True,
+                           map_location='cpu')['kcd_state']
+        result['sample_iters'] = int(state['sample_iters'])
+        result['full_kd_sample_iters'] = int(state['full_kd_sample_iters'])
+        with open(osp.join(work, 'kcd_stages.jsonl')) as f:
+            result['stages'] = [json.loads(line) for line in f]
+    result['samples_vs_kd'] = (result['sample_iters'] /
+                               result['full_kd_sample_iters'])
+    with open(result_path, 'w') as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+# -------------------------------------------------------------- helpers
+def ensure_teacher() -> None:
+    if osp.isfile(osp.join(ROOT, TEACHER)):
+        return
+    print('teacher: none yet, running tools/run_demo.sh --teacher-only')
+    subprocess.run(['bash', 'tools/run_demo.sh', '--teacher-only'],
+                   cwd=ROOT, env=_env(), check=True)
+
+
+def run_micro(mode: Mode, mode_name: str) -> Dict:
+    """E-step scaling and per-iteration overhead, by their own scripts."""
+    out = osp.join('benchmarks', 'results', mode_name)  # from ROOT
+    results = {}
+    for name, args in (
+            ('estep', ['--sizes', *map(str, mode.estep_sizes)]),
+            ('overhead', list(mode.overhead_args))):
+        path = osp.join(out, f'{name}.json')
+        subprocess.run([sys.executable, f'benchmarks/bench_{name}.py',
+                        *args, '--out', path], cwd=ROOT, env=_env(),
+                       check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        with open(osp.join(ROOT, path)) as f:
+            results[name] = json.load(f)
+    return results
+
+
+def _mean_sd(xs: Sequence[float]) -> Tuple[float, float]:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return float('nan'), float('nan')
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def aggregate(results: List[Dict]) -> List[Dict]:
+    """Mean and spread over seeds of each (arm, budget)."""
+    groups: Dict[Tuple, List[Dict]] = {}
+    for r in results:
+        groups.setdefault((r['arm'], r['budget']), []).append(r)
+    rows = []
+    for (arm, budget), rs in groups.items():
+        held, held_sd = _mean_sd([r['holdout_top1'] for r in rs])
+        test, test_sd = _mean_sd([r['test_top1'] for r in rs])
+        rows.append(
+            dict(arm=arm, budget=budget, seeds=[r['seed'] for r in rs],
+                 holdout_top1=held, holdout_sd=held_sd, test_top1=test,
+                 test_sd=test_sd,
+                 samples_vs_kd=statistics.mean(r['samples_vs_kd']
+                                               for r in rs),
+                 capped=any(s.get('budget_capped') for r in rs
+                            for s in r['stages']),
+                 train_seconds=statistics.mean(r['train_seconds']
+                                               for r in rs),
+                 seconds_per_iter=_mean_sd(
+                     [r['seconds_per_iter'] for r in rs])[0],
+                 theta=rs[0]['hook'].get('theta', REFERENCE['theta'])
+                 if rs[0]['hook'] else None,
+                 num_steps=rs[0]['hook'].get('num_steps',
+                                             REFERENCE['num_steps'])
+                 if rs[0]['hook'] else None))
+    return rows
+
+
+# ---------------------------------------------------------------- plots
+def plot(results: List[Dict], rows: List[Dict], mode: Mode,
+         mode_name: str) -> List[str]:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    img = osp.join(ROOT, 'docs', 'img')
+    os.makedirs(img, exist_ok=True)
+    colors = dict(student='#777777', kd='#000000', kcd='#2b7bba',
+                  kcd_prune='#76b7e5', random='#c8553d',
+                  infobatch='#3a9d5d')
+    paths = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ('holdout', 'test')):
+        for arm in ARMS:
+            pts = sorted((r['samples_vs_kd'], r[f'{key}_top1'],
+                          r[f'{key}_sd']) for r in rows if r['arm'] == arm)
+            if not pts:
+                continue
+            xs, ys, sd = zip(*pts)
+            ax.errorbar(xs, ys, yerr=sd, marker='o', capsize=3,
+                        color=colors[arm], label=LABELS[arm],
+                        linestyle='-' if len(xs) > 1 else 'none')
+        ax.set_xlabel("samples trained on / KD's")
+        ax.set_ylabel(f'{key} top-1 (%)')
+        ax.set_title(f'last {mode.holdout:,} of the training file'
+                     if key == 'holdout' else 'the 10,000 test images')
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f'Fashion-MNIST, {mode.n_train:,} training images, '
+                 f'{mode.epochs} epochs ({mode_name} mode)')
+    fig.tight_layout()
+    path = osp.join(img, f'bench_{mode_name}_accuracy_vs_samples.png')
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = dict(kcd=('-', 3.5), kcd_prune=('--', 2), random=(':', 2),
+                  infobatch=('-', 1.5))
+    for r in results:
+        if r['budget'] is not None or r['seed'] != 0 or not r['stages']:
+            continue
+        n = r['stages'][0]['num_samples']
+        # Fraction trained on in each epoch; a record after epoch e sets
+        # the next epochs' set.
+        kept = [1.0] * mode.epochs
+        for s in r['stages']:
+            kept[s['epoch']:] = [s['kept'] / n] * (mode.epochs - s['epoch'])
+        style, width = styles[r['arm']]
+        ax.step(range(mode.epochs + 1), kept + kept[-1:], where='post',
+                linestyle=style, linewidth=width, color=colors[r['arm']],
+                label=LABELS[r['arm']])
+    ax.set_xlabel('epochs done')
+    ax.set_ylabel('fraction of the training set trained on')
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = osp.join(img, f'bench_{mode_name}_kept_fraction.png')
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------- docs
+def _fmt(mean: float, sd: float, n: int) -> str:
+    if math.isnan(mean):
+        return 'n/a'
+    return f'{mean:.2f} ± {sd:.2f}' if n > 1 else f'{mean:.2f}'
+
+
+def markdown(summary: Dict, rows: List[Dict], mode: Mode,
+             mode_name: str, plots: List[str]) -> str:
+    lines = [
+        f'### {mode_name} mode (generated by `python benchmarks/run.py '
+        f'--mode {mode_name}`)', '',
+        f'{summary["date"]}; {mode.n_train:,} training images (first of '
+        f'the file), {mode.holdout:,} held-out (last of the file), '
+        f'{mode.epochs} epochs, stages of {mode.stage_epochs} epoch(s); '
+        f'wall-clock {summary["wall_seconds"] / 60:.1f} min'
+        + (f' ({summary["reused"]} of {len(summary["arms"])} arms reused '
+           'from an earlier run)' if summary.get('reused') else '') +
+        f' with {summary["jobs"]} parallel jobs (1-min load average '
+        f'{summary["load_start"]} at the start, {summary["load_end"]} at '
+        'the end; each arm adds 1). Raw: '
+        f'`benchmarks/results/bench_{mode_name}.json`.', '',
+        '| arm | seeds | held-out top-1 | test top-1 | samples vs KD | '
+        'theta, K | train s/run | s/iter |',
+        '|---|---|---|---|---|---|---|---|']
+    main = [r for r in rows if r['budget'] is None]
+    for r in sorted(main, key=lambda r: list(ARMS).index(r['arm'])):
+        n = len(r['seeds'])
+        sched = (f'{r["theta"]}, {r["num_steps"]}'
+                 if r['theta'] is not None else '-')
+        cap = ' (capped)' if r['capped'] else ''
+        lines.append(
+            f'| {LABELS[r["arm"]]} | {n} | '
+            f'{_fmt(r["holdout_top1"], r["holdout_sd"], n)} | '
+            f'{_fmt(r["test_top1"], r["test_sd"], n)} | '
+            f'{r["samples_vs_kd"]:.3f}{cap} | {sched} | '
+            f'{r["train_seconds"]:.0f} | {r["seconds_per_iter"]:.3f} |')
+    curve = [r for r in rows if r['budget'] is not None]
+    if curve:
+        kcd = next(r for r in main if r['arm'] == 'kcd')
+        lines += ['', 'Budget curve (seed 0; the main arms above are the '
+                  f'{kcd["samples_vs_kd"]:.3f} point):', '',
+                  '| budget | theta, K | KCD held-out / test | random '
+                  'held-out / test | InfoBatch held-out / test (samples) |',
+                  '|---|---|---|---|---|']
+        for budget in sorted({r['budget'] for r in curve}):
+            cells = {r['arm']: r for r in curve if r['budget'] == budget}
+            k = cells['kcd']
+            ib = cells['infobatch']
+            lines.append(
+                f'| {budget:.3f} | {k["theta"]}, {k["num_steps"]} | '
+                + ' | '.join(
+                    f'{cells[a]["holdout_top1"]:.2f} / '
+                    f'{cells[a]["test_top1"]:.2f}'
+                    for a in ('kcd', 'random')) +
+                f' | {ib["holdout_top1"]:.2f} / {ib["test_top1"]:.2f} '
+                f'({ib["samples_vs_kd"]:.3f}'
+                f'{", capped" if ib["capped"] else ""}) |')
+    estep = summary['micro']['estep']
+    lines += ['', 'E-step (benchmarks/bench_estep.py, 1 thread):', '',
+              '| N | E-step s | KCD state MiB |', '|---|---|---|']
+    for row in estep['rows']:
+        lines.append(f'| {row["num_samples"]:,} | '
+                     f'{row["estep_seconds"]:.3f} | '
+                     f'{row["state_bytes"] / 2**20:.1f} |')
+    over = summary['micro']['overhead']
+    kd_ms = statistics.median(over['kd_seconds']) * 1e3
+    kcd_ms = statistics.median(over['kcd_seconds']) * 1e3
+    rounds = len(over['kd_seconds'])
+    lines += ['', f'Per-iteration overhead (benchmarks/bench_overhead.py '
+              f'{" ".join(mode.overhead_args) or "(defaults)"}): KD '
+              f'{kd_ms:.1f} ms, KCD {kcd_ms:.1f} ms, ratio '
+              f'{over["ratio"]:.3f}'
+              + (' (a single round on a shared machine: load, not KCD, '
+                 'moves this; the full mode takes the median of 3)'
+                 if rounds < 3 else f' (median of {rounds} rounds)') +
+              '. The arms\' own logged s/iter above ran in parallel under '
+              'shared load and are not an overhead measurement.', '']
+    for path in plots:
+        rel = osp.relpath(path, osp.join(ROOT, 'docs'))
+        lines.append(f'![{osp.basename(path)}]({rel})')
+    return '\n'.join(lines) + '\n'
+
+
+def write_docs(text: str, mode_name: str) -> None:
+    """Replace this mode's block of docs/results.md, keeping the rest."""
+    path = osp.join(ROOT, 'docs', 'results.md')
+    begin = f'<!-- bench:{mode_name}:begin -->'
+    end = f'<!-- bench:{mode_name}:end -->'
+    with open(path) as f:
+        doc = f.read()
+    block = f'{begin}\n{text}{end}'
+    if begin in doc and end in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) +
+                                                  len(end):]
+    else:
+        doc = doc.rstrip('\n') + '\n\n' + block + '\n'
+    with open(path, 'w') as f:
+        f.write(doc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--mode', choices=sorted(MODES), default='quick')
+    parser.add_argument('--jobs', type=int, default=2,
+                        help='arms trained at once (one thread each)')
+    parser.add_argument('--work-dir', help='default work_dirs/bench_MODE')
+    parser.add_argument('--force', action='store_true',
+                        help='run arms again even when finished')
+    parser.add_argument('--no-docs', action='store_true',
+                        help='do not touch docs/results.md and docs/img')
+    parser.add_argument('--docs-only', action='store_true',
+                        help='rewrite the docs from the last results json')
+    args = parser.parse_args()
+    mode = MODES[args.mode]
+    out = osp.join(ROOT, 'benchmarks', 'results', f'bench_{args.mode}.json')
+    if args.docs_only:
+        with open(out) as f:
+            summary = json.load(f)
+        plots = plot(summary['arms'], summary['table'], mode, args.mode)
+        write_docs(markdown(summary, summary['table'], mode, args.mode,
+                            plots), args.mode)
+        return
+    root = osp.abspath(args.work_dir or
+                       osp.join(ROOT, 'work_dirs', f'bench_{args.mode}'))
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    ensure_teacher()
+    arms = sorted(plan_arms(mode), key=lambda a: -a.cost)
+    print(f'{len(arms)} arms, {args.jobs} at a time, in {root}')
+
+    def one(arm: Arm) -> Dict:
+        t = time.perf_counter()
+        result = run_arm(arm, mode, root, args.force)
+        print(f'  {arm.name:<18} held-out {result["holdout_top1"]:.2f}  '
+              f'test {result["test_top1"]:.2f}  samples '
+              f'{result["samples_vs_kd"]:.3f} of KD  '
+              f'({time.perf_counter() - t:.0f} s)', flush=True)
+        return result
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(one, arms))
+    micro = run_micro(mode, args.mode)
+    rows = aggregate(results)
+    summary = dict(
+        mode=args.mode, settings=asdict(mode), jobs=args.jobs,
+        date=time.strftime('%Y-%m-%d %H:%M'),
+        wall_seconds=round(time.perf_counter() - start, 1),
+        load_start=round(load_start, 2),
+        load_end=round(os.getloadavg()[0], 2), micro=micro, table=rows,
+        reused=sum(bool(r.pop('reused', False)) for r in results),
+        arms=results)
+    with open(out, 'w') as f:
+        json.dump(summary, f, indent=1)
+    if not args.no_docs:
+        plots = plot(results, rows, mode, args.mode)
+        write_docs(markdown(summary, rows, mode, args.mode, plots),
+                   args.mode)
+    print(f'done in {summary["wall_seconds"] / 60:.1f} min: {out}')
+
+
+if __name__ == '__main__':
+    main()
