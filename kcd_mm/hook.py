@@ -221,6 +221,14 @@ class KCDHook(Hook):
             f'{self.state.sample_iters} samples trained so far.')
         if is_main_process():
             self._rewrite_records(runner)
+        done = runner.epoch
+        last = self.state.records[-1]['epoch'] if self.state.records else 0
+        if done in self.state.boundaries() and last < done:
+            # A finished run extended with more epochs: its last epoch was
+            # no boundary then, it is one now.
+            runner.logger.info(f'KCD: running the E-step after epoch {done} '
+                               'that the shorter run skipped.')
+            self._estep(runner, done)
 
     def before_train_epoch(self, runner) -> None:
         if self.epoch_seeding and runner.seed is not None:
@@ -271,8 +279,10 @@ class KCDHook(Hook):
                 'this epoch (NaN/inf logits); those samples keep their '
                 'earlier values.')
         epochs_done = runner.epoch + 1
-        if epochs_done not in self.state.boundaries():
-            return
+        if epochs_done in self.state.boundaries():
+            self._estep(runner, epochs_done)
+
+    def _estep(self, runner, epochs_done: int) -> None:
         record = self.state.estep(epochs_done)
         # Peak resident memory of this process so far: flat across stages
         # means the run holds no growing per-stage history.
@@ -288,6 +298,9 @@ class KCDHook(Hook):
             checkpoint[CKPT_KEY] = self.state.state_dict()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if not runner._resume:
+            # load_from: weights for a new run; KCD starts afresh.
+            return
         self._loaded = checkpoint.get(CKPT_KEY)
         if self._loaded is None:
             runner.logger.warning(

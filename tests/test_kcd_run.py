@@ -180,3 +180,30 @@ def test_class_min_keep_protects_every_class(data_root, tmp_path):
         per_class = torch.bincount(labels[torch.from_numpy(kept).long()],
                                    minlength=3)
         assert per_class.min() >= 10, (name, per_class)
+
+
+def test_load_from_starts_kcd_afresh_and_extension_runs_skipped_estep(
+        data_root, tmp_path):
+    path = write_config(tiny_kcd_config(data_root, max_epochs=2),
+                        str(tmp_path / 'kcd.py'))
+    work_dir = str(tmp_path / 'work')
+    run_tool(['tools/train.py', path, '--work-dir', work_dir])
+    assert [s['epoch'] for s in _read_stages(work_dir)] == [1]
+    # Extend the finished run to 4 epochs: epoch 2 is a boundary now.
+    longer = write_config(tiny_kcd_config(data_root, max_epochs=4),
+                          str(tmp_path / 'kcd4.py'))
+    out = run_tool(['tools/train.py', longer, '--work-dir', work_dir,
+                    '--resume', osp.join(work_dir, 'epoch_2.pth')]).stdout
+    assert 'E-step after epoch 2 that the shorter run skipped' in out
+    stages = _read_stages(work_dir)
+    assert [s['epoch'] for s in stages] == [1, 2, 3]
+    assert [s['kept'] for s in stages] == [50, 40, 30]
+    # load_from: the weights only; KCD starts afresh on another dataset.
+    smaller = make_image_folder(str(tmp_path / 'smaller'), 48, 3, 16)
+    fresh = tiny_kcd_config(smaller, max_epochs=2)
+    fresh['load_from'] = osp.join(work_dir, 'epoch_4.pth')
+    fresh_path = write_config(fresh, str(tmp_path / 'fresh.py'))
+    fresh_dir = str(tmp_path / 'fresh')
+    run_tool(['tools/train.py', fresh_path, '--work-dir', fresh_dir])
+    assert [(s['stage'], s['num_samples'], s['kept'])
+            for s in _read_stages(fresh_dir)] == [(1, 48, 40)]
