@@ -73,3 +73,46 @@ class PauseHook(Hook):
             open(self.marker, 'w').close()
             import time
             time.sleep(self.seconds)
+
+
+@HOOKS.register_module()
+class BlendProbeHook(Hook):
+    """Counts, per epoch, batch images that differ from the plain sample.
+
+    The pipeline must be deterministic (no augmentation): then a kept tail
+    sample with lam < 1 arrives blended and every other one unchanged,
+    whether it was loaded in the main process or in a worker.
+    """
+    priority = 'LOW'
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def before_train_epoch(self, runner) -> None:
+        self._blended = self._plain = self._wrong = 0
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None) -> None:
+        state = next(h for h in runner.hooks
+                     if type(h).__name__ == 'KCDHook').state
+        pairs = state.pairs
+        lam = {} if pairs is None else dict(
+            zip(pairs.tail.tolist(), pairs.lam.tolist()))
+        dataset = runner.train_dataloader.dataset
+        for img, sample in zip(data_batch['inputs'],
+                               data_batch['data_samples']):
+            idx = sample.metainfo['sample_idx']
+            same = bool((img == dataset[idx]['inputs']).all())
+            if lam.get(idx, 1.0) < 1.0:
+                self._blended += int(not same)
+                self._wrong += int(same)
+            else:
+                self._plain += int(same)
+                self._wrong += int(not same)
+
+    def after_train_epoch(self, runner) -> None:
+        path = osp.join(self.out_dir, 'blend_probe.jsonl')
+        with open(path, 'a') as f:
+            f.write(json.dumps(dict(epoch=runner.epoch + 1,
+                                    blended=self._blended, plain=self._plain,
+                                    wrong=self._wrong)) + '\n')

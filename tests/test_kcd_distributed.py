@@ -52,3 +52,25 @@ def test_two_ranks_share_one_kcd_state(tmp_path):
     # Every visit on either rank was banked once.
     assert sum(epochs[0][-1]['visits']) == 60 + 50 + 40 + 30
     assert ranks[0][-1]['final_weights'] == ranks[1][-1]['final_weights']
+
+
+def test_summary_blends_in_persistent_workers(tmp_path):
+    """Pairs set by the hook in the main process reach worker copies."""
+    data = make_image_folder(str(tmp_path / 'data'), 60, 3, 16)
+    cfg = tiny_kcd_config(data, max_epochs=3)
+    loader = cfg['train_dataloader']
+    loader.update(num_workers=2, persistent_workers=True)
+    inner = loader['dataset']['dataset']
+    inner['pipeline'] = [p for p in inner['pipeline']
+                         if p['type'] != 'RandomFlip']  # deterministic
+    cfg['custom_imports']['imports'].append('kcd_probe')
+    cfg['custom_hooks'].append(
+        dict(type='mmrazor.BlendProbeHook', out_dir=str(tmp_path)))
+    path = write_config(cfg, str(tmp_path / 'kcd.py'))
+    env = dict(PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    run_tool(['tools/train.py', path, '--work-dir', str(tmp_path / 'w')],
+             env=env)
+    epochs = _lines(osp.join(tmp_path, 'blend_probe.jsonl'))
+    # Epoch 1: no pairs yet. Epochs 2, 3: 10 pairs, one with lam = 1.0.
+    assert [(e['blended'], e['plain'], e['wrong']) for e in epochs] == [
+        (0, 60, 0), (9, 41, 0), (9, 31, 0)]

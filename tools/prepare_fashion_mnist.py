@@ -8,7 +8,7 @@ size) are left alone, so running it again costs nothing.
 
 Usage::
 
-    python tools/prepare_fashion_mnist.py [--src DIR] [--dst data/fashion_mnist]
+    python tools/prepare_fashion_mnist.py [--src DIR] [--dst DIR]
 """
 import argparse
 import gzip
@@ -38,10 +38,12 @@ def expected_size(stem: str, count: int) -> int:
 
 def find_source(src: str) -> str:
     """Return the folder holding the four ``.gz`` files or exit with help."""
-    missing = [s + '.gz' for s in FILES if not osp.isfile(osp.join(src, s + '.gz'))]
+    missing = [stem + '.gz' for stem in FILES
+               if not osp.isfile(osp.join(src, stem + '.gz'))]
     if missing:
         sys.exit(
-            f'Fashion-MNIST not found in {src} (missing: {", ".join(missing)}).\n'
+            f'Fashion-MNIST not found in {src} '
+            f'(missing: {", ".join(missing)}).\n'
             'Install it with:  sudo apt-get install dataset-fashion-mnist\n'
             'or pass --src DIR pointing at a folder with the four .gz files.')
     return src
