@@ -277,8 +277,11 @@ class KCDState:
     def state_dict(self) -> Dict:
         """Everything needed to continue the run exactly."""
         pairs = None
-        if self.pairs is not None:
-            pairs = {k: v.clone() for k, v in asdict(self.pairs).items()}
+        if self.pairs is not None:  # its kept set is ``kept``: saved once
+            pairs = {
+                k: v.clone()
+                for k, v in asdict(self.pairs).items() if k != 'kept'
+            }
         return dict(
             version=2,
             options=asdict(self.options),
@@ -310,7 +313,8 @@ class KCDState:
         self.bank.load_state_dict(state['bank'])
         self.kept = state['kept']
         pairs = state['pairs']
-        self.pairs = None if pairs is None else Condensation(**pairs)
+        self.pairs = None if pairs is None else Condensation(
+            **dict(pairs, kept=self.kept))
         self.stage = int(state['stage'])
         self.sample_iters = int(state['sample_iters'])
         self.full_kd_sample_iters = int(state['full_kd_sample_iters'])
