@@ -18,6 +18,7 @@ from mmengine.runner import EpochBasedTrainLoop
 from mmengine.visualization import TensorboardVisBackend
 from mmrazor.registry import HOOKS
 
+from .analysis import dataset_labels
 from .condensation import iterations_per_epoch, keep_schedule
 from .dataset import KnowledgeSummaryDataset
 from .loss import ValueWeightedLoss
@@ -248,8 +249,8 @@ class KCDHook(Hook):
                 'KCD needs sample_idx in every data sample: use an mmengine '
                 'BaseDataset (it adds sample_idx) and a pipeline ending in '
                 'PackInputs, which keeps it.') from None
-        labels = None
-        if 'gt_label' in samples[0]:
+        labels = None  # only gathered for a value measure that uses them
+        if self._loss.needs_labels and 'gt_label' in samples[0]:
             labels = torch.cat([s.gt_label.reshape(-1)[:1] for s in samples])
         idx = torch.tensor(idx, dtype=torch.int64)
         self._loss.set_batch(idx, labels, self.state.sample_weights(idx))
@@ -449,13 +450,12 @@ class KCDHook(Hook):
 def _dataset_labels(dataset) -> torch.Tensor:
     """One class index per sample, for per-class balancing."""
     inner = getattr(dataset, 'dataset', dataset)
-    if hasattr(inner, 'get_gt_labels'):
-        return torch.as_tensor(inner.get_gt_labels(), dtype=torch.int64)
-    if hasattr(inner, 'get_cat_ids'):
-        return torch.tensor([inner.get_cat_ids(i)[0] for i in range(len(inner))])
-    raise TypeError(
-        f'class_min_keep needs sample labels, but {type(inner).__name__} has '
-        'neither get_gt_labels() nor get_cat_ids(); set class_min_keep=0.')
+    try:
+        return torch.from_numpy(dataset_labels(inner))
+    except (AttributeError, KeyError, TypeError) as error:
+        raise TypeError(
+            f'class_min_keep needs sample labels, but {type(inner).__name__} '
+            f'gives none ({error}); set class_min_keep=0.') from error
 
 
 def _differs(a, b) -> bool:

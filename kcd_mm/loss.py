@@ -66,7 +66,7 @@ class ValueWeightedLoss(nn.Module):
         self.loss = MODELS.build(loss) if isinstance(loss, dict) else loss
         name = type(self.loss).__name__
         self.value = value
-        self.value_fn, _, self._needs_labels = get_value_measure(value)
+        self.value_fn, _, self.needs_labels = get_value_measure(value)
         if weighting not in _WEIGHTINGS:
             raise ValueError(f'ValueWeightedLoss weighting={weighting!r}: '
                              f'choose one of {_WEIGHTINGS}.')
@@ -136,7 +136,7 @@ class ValueWeightedLoss(nn.Module):
             sample_weights = self._batch[2]
         if self.training and (self.record or self.weighting == 'value'):
             labels = self._labels(bound)
-            if self._needs_labels and labels is None:
+            if self.needs_labels and labels is None:
                 raise ValueError(
                     f'value={self.value!r} needs the batch labels; add '
                     'mmrazor.KCDHook to custom_hooks (it passes them).')
