@@ -30,6 +30,11 @@ sample-iterations, with theta and num_steps picked per budget by
 :func:`choose_schedule` (``keep_schedule`` arithmetic, no accuracy
 involved); the 87.5% point is the main arms.
 
+The full mode also validates every 3 epochs, keeps the held-out best
+checkpoint beside the last one and tests both, and runs the ablations of
+``Mode.ablations`` (other value measures, summary off, shorter stages) at
+the 50% budget.
+
 Held-out data: settings are judged on the last ``--holdout`` (10,000)
 images of the *training* file, never on the test set. Arms train on the
 first ``n_train`` training images (``indices=n_train``: a prefix, so
@@ -37,7 +42,8 @@ mmengine's ``sample_idx``, the position in the subset, equals the image's
 index in the file and KCD's records name the file's images) and validate
 on ``indices=-holdout`` with the test pipeline (``test_mode=False``: that
 is how mmpretrain 1.2.0's FashionMNIST reads the training file). The test
-set is evaluated once per arm at the end, reported, and used for nothing.
+set is evaluated at the end, on the last checkpoint and on the held-out
+best one, reported, and used for nothing.
 
 Each arm runs in its own process with one OpenMP thread, ``--jobs`` at a
 time; a finished arm (``bench_result.json`` in its work dir) is not run
@@ -100,6 +106,10 @@ class Mode:
         budgets: fractions of KD's samples for the budget curve.
         estep_sizes: N for benchmarks/bench_estep.py.
         overhead_args: arguments of benchmarks/bench_overhead.py.
+        val_every: epochs between held-out validations (0: only at the
+            end); the best of them picks the "best" checkpoint.
+        ablations: (variant, budget, cfg-options) of extra KCD runs, seed
+            0, on the budget's schedule: what else was tried.
     """
     n_train: int
     holdout: int
@@ -109,8 +119,11 @@ class Mode:
     budgets: Sequence[float] = ()
     estep_sizes: Sequence[int] = (50000, 1281167)
     overhead_args: Sequence[str] = ()
+    val_every: int = 0
+    ablations: Sequence[Tuple[str, float, Dict[str, str]]] = ()
 
 
+_LOSS = 'model.distiller.distill_losses.loss_kl'
 MODES = dict(
     # 10k images, 6 epochs in 1-epoch stages (the demo's schedule), 1 seed:
     # ~8 min on 2 cores beside another job using one (20k took 12 min).
@@ -125,7 +138,18 @@ MODES = dict(
     full=Mode(n_train=20000, holdout=10000, epochs=18, stage_epochs=3,
               seeds=dict(kd=(0, 1, 2), kcd=(0, 1, 2), random=(0, 1, 2)),
               budgets=(0.5, 0.6, 0.75),
-              estep_sizes=(50000, 1281167, 14197122)))
+              estep_sizes=(50000, 1281167, 14197122), val_every=3,
+              # At the lowest budget, where choosing matters most: the
+              # other value measures, and the summary switched off.
+              ablations=(
+                  ('value=teacher_kl', 0.5, {f'{_LOSS}.value': 'teacher_kl'}),
+                  ('value=ce', 0.5, {f'{_LOSS}.value': 'ce'}),
+                  ('value=margin', 0.5, {f'{_LOSS}.value': 'margin'}),
+                  ('summary=False', 0.5,
+                   {'custom_hooks.0.summary': 'False'}),
+                  # Shorter stages: a more gradual schedule for the budget.
+                  ('stage_epochs=1', 0.5,
+                   {'custom_hooks.0.stage_epochs': '1'}))))
 
 
 # ------------------------------------------------------------ schedules
@@ -170,6 +194,8 @@ class Arm:
     seed: int
     budget: Optional[float] = None  # None: the main arms' schedule
     hook: Dict = field(default_factory=dict)  # KCDHook options
+    variant: str = ''  # an ablation's name
+    cfg: Dict = field(default_factory=dict)  # its extra --cfg-options
 
     @property
     def config(self) -> str:
@@ -200,6 +226,16 @@ def plan_arms(mode: Mode) -> List[Arm]:
             arms.append(
                 Arm(f'{arm}_b{round(100 * budget)}_s0', arm, 0, budget,
                     hook))
+    for variant, budget, cfg in mode.ablations:
+        stage_epochs = int(cfg.get('custom_hooks.0.stage_epochs',
+                                   mode.stage_epochs))
+        theta, steps, _ = choose_schedule(mode.n_train, mode.epochs,
+                                          stage_epochs, budget)
+        slug = ''.join(c if c.isalnum() else '_' for c in variant)
+        arms.append(
+            Arm(f'kcd_b{round(100 * budget)}_{slug}_s0', 'kcd', 0, budget,
+                dict(stage_epochs=stage_epochs, theta=theta,
+                     num_steps=steps), variant, dict(cfg)))
     return arms
 
 
@@ -213,14 +249,21 @@ def cfg_options(arm: Arm, mode: Mode) -> List[str]:
         'val_dataloader.dataset.test_mode': False,
         'val_dataloader.dataset.indices': -mode.holdout,
         'train_cfg.max_epochs': mode.epochs,
-        'train_cfg.val_interval': mode.epochs,
+        'train_cfg.val_interval': mode.val_every or mode.epochs,
+        # The held-out pick of the "best" checkpoint (kept beside the last).
+        'default_hooks.checkpoint.save_best': 'accuracy/top1',
+        'default_hooks.checkpoint.rule': 'greater',
         'param_scheduler.T_max': mode.epochs,
         'randomness.seed': arm.seed,
     }
     if arm.arm != 'student':
         opts['model.teacher_ckpt'] = TEACHER
+        # The student only: the distill val loop would also evaluate the
+        # (fixed) teacher at every validation; it is evaluated once apart.
+        opts['val_cfg.type'] = 'ValLoop'
     for key, value in arm.hook.items():
         opts[f'custom_hooks.0.{key}'] = value
+    opts.update(arm.cfg)
     return [f'{k}={v}' for k, v in opts.items()]
 
 
@@ -271,23 +314,29 @@ def run_arm(arm: Arm, mode: Mode, root: str, force: bool) -> Dict:
                        check=True)
     train_seconds = time.perf_counter() - start
     ckpt = osp.join(work, f'epoch_{mode.epochs}.pth')
-    with open(osp.join(work, 'test.out'), 'w') as out:
-        subprocess.run([python, 'tools/test.py', arm.config, ckpt,
-                        '--work-dir', osp.join(work, 'test'),
-                        '--cfg-options', *opts], cwd=ROOT, env=_env(),
-                       stdout=out, stderr=subprocess.STDOUT, check=True)
     train_rows = _scalars(work)
+    vals = [r for r in train_rows if 'accuracy/top1' in r]
+    best = max(vals, key=lambda r: r['accuracy/top1']) if vals else None
+    best_ckpt = glob.glob(osp.join(work, 'best_accuracy_top1_*.pth'))
+    test_last = _test(arm.config, ckpt, osp.join(work, 'test'), opts)
+    test_best = test_last
+    if best_ckpt and best_ckpt[0].endswith(f'_epoch_{mode.epochs}.pth'):
+        pass  # the last epoch was also the held-out best
+    elif best_ckpt:
+        test_best = _test(arm.config, best_ckpt[0],
+                          osp.join(work, 'test_best'), opts)
     iter_times = [r['time'] for r in train_rows
                   if 'loss' in r and 'time' in r][2:]
     result = dict(
         asdict(arm),
         config=arm.config,
         cfg_options=opts,
-        holdout_top1=_top1(train_rows),
-        teacher_holdout_top1=next(
-            (r['teacher.accuracy/top1'] for r in reversed(train_rows)
-             if 'teacher.accuracy/top1' in r), None),
-        test_top1=_top1(_scalars(osp.join(work, 'test'))),
+        holdout_top1=vals[-1]['accuracy/top1'] if vals else None,
+        holdout_best=best['accuracy/top1'] if best else None,
+        best_epoch=best.get('step') if best else None,
+        holdout_curve=[(r.get('step'), r['accuracy/top1']) for r in vals],
+        test_top1=test_last,
+        test_top1_best=test_best,
         full_kd_sample_iters=mode.n_train * mode.epochs,
         sample_iters=mode.n_train * mode.epochs,
         train_seconds=round(train_seconds, 1),
@@ -304,9 +353,31 @@ def run_arm(arm: Arm, mode: Mode, root: str, force: bool) -> Dict:
             result['stages'] = [json.loads(line) for line in f]
     result['samples_vs_kd'] = (result['sample_iters'] /
                                result['full_kd_sample_iters'])
+    # One teacher forward per sample trained on (a summary blend is one
+    # image), none for the student alone.
+    result['teacher_forwards'] = (0 if arm.arm == 'student' else
+                                  result['sample_iters'])
     with open(result_path, 'w') as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def _test(config: str, ckpt: str, work: str, opts: List[str]) -> float:
+    """Test top-1 of ``ckpt`` on the 10,000 test images."""
+    with open(work + '.out', 'w') as out:
+        subprocess.run([sys.executable, 'tools/test.py', config, ckpt,
+                        '--work-dir', work] +
+                       (['--cfg-options', *opts] if opts else []),
+                       cwd=ROOT, env=_env(), stdout=out,
+                       stderr=subprocess.STDOUT, check=True)
+    return _top1(_scalars(work))
+
+
+def eval_teacher(root: str) -> float:
+    """The teacher's test top-1, once (it never changes). Not on the
+    held-out images: the teacher was trained on the whole training file."""
+    return _test('configs/teachers/resnet18_w16_fashionmnist.py', TEACHER,
+                 osp.join(root, 'teacher_test'), [])
 
 
 # -------------------------------------------------------------- helpers
@@ -343,18 +414,27 @@ def _mean_sd(xs: Sequence[float]) -> Tuple[float, float]:
 
 
 def aggregate(results: List[Dict]) -> List[Dict]:
-    """Mean and spread over seeds of each (arm, budget)."""
+    """Mean and spread over seeds of each (arm, budget, variant)."""
     groups: Dict[Tuple, List[Dict]] = {}
     for r in results:
-        groups.setdefault((r['arm'], r['budget']), []).append(r)
+        groups.setdefault((r['arm'], r['budget'], r.get('variant', '')),
+                          []).append(r)
     rows = []
-    for (arm, budget), rs in groups.items():
+    for (arm, budget, variant), rs in groups.items():
         held, held_sd = _mean_sd([r['holdout_top1'] for r in rs])
         test, test_sd = _mean_sd([r['test_top1'] for r in rs])
+        # Older results (before held-out "best" was kept) lack these.
+        hbest, hbest_sd = _mean_sd([r.get('holdout_best') for r in rs])
+        tbest, tbest_sd = _mean_sd([r.get('test_top1_best') for r in rs])
         rows.append(
-            dict(arm=arm, budget=budget, seeds=[r['seed'] for r in rs],
+            dict(arm=arm, budget=budget, variant=variant,
+                 seeds=[r['seed'] for r in rs],
                  holdout_top1=held, holdout_sd=held_sd, test_top1=test,
-                 test_sd=test_sd,
+                 test_sd=test_sd, holdout_best=hbest, holdout_best_sd=hbest_sd,
+                 test_best=tbest, test_best_sd=tbest_sd,
+                 teacher_forwards=statistics.mean(
+                     r.get('teacher_forwards', 0 if arm == 'student' else
+                           r['sample_iters']) for r in rs),
                  samples_vs_kd=statistics.mean(r['samples_vs_kd']
                                                for r in rs),
                  capped=any(s.get('budget_capped') for r in rs
@@ -388,10 +468,14 @@ def plot(results: List[Dict], rows: List[Dict], mode: Mode,
     for ax, key in zip(axes, ('holdout', 'test')):
         for arm in ARMS:
             pts = sorted((r['samples_vs_kd'], r[f'{key}_top1'],
-                          r[f'{key}_sd']) for r in rows if r['arm'] == arm)
+                          r[f'{key}_sd']) for r in rows
+                         if r['arm'] == arm and not r.get('variant'))
             if not pts:
                 continue
             xs, ys, sd = zip(*pts)
+            if arm == 'kd':  # the level to match: KD's mean +- one std
+                ax.axhspan(ys[0] - sd[0], ys[0] + sd[0], color='#000000',
+                           alpha=0.08, linewidth=0)
             ax.errorbar(xs, ys, yerr=sd, marker='o', capsize=3,
                         color=colors[arm], label=LABELS[arm],
                         linestyle='-' if len(xs) > 1 else 'none')
@@ -459,11 +543,20 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
         f' with {summary["jobs"]} parallel jobs (1-min load average '
         f'{summary["load_start"]} at the start, {summary["load_end"]} at '
         'the end; each arm adds 1). Raw: '
-        f'`benchmarks/results/bench_{mode_name}.json`.', '',
-        '| arm | seeds | held-out top-1 | test top-1 | samples vs KD | '
+        f'`benchmarks/results/bench_{mode_name}.json`.'
+        + (f' Teacher test top-1 {summary["teacher_test_top1"]:.2f}.'
+           if summary.get('teacher_test_top1') else ''), '',
+        'Top-1 in %, mean ± std over seeds. *last*: the last epoch\'s '
+        'checkpoint; *best*: the checkpoint with the best held-out top-1 '
+        f'(validated every {mode.val_every or mode.epochs} epochs), then '
+        'tested once: the test set picks nothing. Teacher forwards = '
+        'samples trained on (a summary blend is one image).', '',
+        '| arm | seeds | held-out last | held-out best | test last | '
+        'test (best held-out ckpt) | samples = teacher fwd vs KD | '
         'theta, K | train s/run | s/iter |',
-        '|---|---|---|---|---|---|---|---|']
-    main = [r for r in rows if r['budget'] is None]
+        '|---|---|---|---|---|---|---|---|---|---|']
+    main = [r for r in rows
+            if r['budget'] is None and not r.get('variant')]
     for r in sorted(main, key=lambda r: list(ARMS).index(r['arm'])):
         n = len(r['seeds'])
         sched = (f'{r["theta"]}, {r["num_steps"]}'
@@ -472,10 +565,14 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
         lines.append(
             f'| {LABELS[r["arm"]]} | {n} | '
             f'{_fmt(r["holdout_top1"], r["holdout_sd"], n)} | '
+            f'{_fmt(r.get("holdout_best", math.nan), r.get("holdout_best_sd"), n)} | '
             f'{_fmt(r["test_top1"], r["test_sd"], n)} | '
-            f'{r["samples_vs_kd"]:.3f}{cap} | {sched} | '
+            f'{_fmt(r.get("test_best", math.nan), r.get("test_best_sd"), n)} | '
+            f'{r["samples_vs_kd"]:.3f}{cap}'
+            f'{" (no teacher)" if r["arm"] == "student" else ""} | {sched} | '
             f'{r["train_seconds"]:.0f} | {r["seconds_per_iter"]:.3f} |')
-    curve = [r for r in rows if r['budget'] is not None]
+    curve = [r for r in rows
+             if r['budget'] is not None and not r.get('variant')]
     if curve:
         kcd = next(r for r in main if r['arm'] == 'kcd')
         lines += ['', 'Budget curve (seed 0; the main arms above are the '
@@ -496,6 +593,20 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
                 f' | {ib["holdout_top1"]:.2f} / {ib["test_top1"]:.2f} '
                 f'({ib["samples_vs_kd"]:.3f}'
                 f'{", capped" if ib["capped"] else ""}) |')
+    ablation = [r for r in rows if r.get('variant')]
+    if ablation:
+        lines += ['', 'Ablations (KD + KCD, seed 0, at the budget\'s '
+                  'schedule; the budget curve\'s KCD row is the reference '
+                  'setting: value=entropy, summary on):', '',
+                  '| variant | budget | held-out last / best | test last / '
+                  '(best held-out ckpt) | samples vs KD |',
+                  '|---|---|---|---|---|']
+        for r in ablation:
+            lines.append(
+                f'| {r["variant"]} | {r["budget"]:.3f} | '
+                f'{r["holdout_top1"]:.2f} / {r["holdout_best"]:.2f} | '
+                f'{r["test_top1"]:.2f} / {r["test_best"]:.2f} | '
+                f'{r["samples_vs_kd"]:.3f} |')
     estep = summary['micro']['estep']
     lines += ['', 'E-step (benchmarks/bench_estep.py, 1 thread):', '',
               '| N | E-step s | KCD state MiB |', '|---|---|---|']
@@ -579,6 +690,7 @@ def main() -> None:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(one, arms))
+    teacher_test = eval_teacher(root)
     micro = run_micro(mode, args.mode)
     rows = aggregate(results)
     summary = dict(
@@ -587,6 +699,7 @@ def main() -> None:
         wall_seconds=round(time.perf_counter() - start, 1),
         load_start=round(load_start, 2),
         load_end=round(os.getloadavg()[0], 2), micro=micro, table=rows,
+        teacher_test_top1=teacher_test,
         reused=sum(bool(r.pop('reused', False)) for r in results),
         arms=results)
     with open(out, 'w') as f:

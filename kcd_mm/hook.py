@@ -1,4 +1,5 @@
 """KCDHook: runs KCD's E-step inside mmengine's training loop."""
+import hashlib
 import json
 import os
 import os.path as osp
@@ -119,6 +120,8 @@ class KCDHook(Hook):
         loader = runner.train_dataloader
         self._sampler = self._find_sampler(loader)
         self._loss = self._find_loss(runner.model)
+        if self.options.strategy == 'infobatch':
+            self._loss.check_splittable("KCDHook(strategy='infobatch')")
         num_samples = len(loader.dataset)
         self._check_setup(loader.dataset, runner.train_loop)
         labels = None
@@ -126,7 +129,9 @@ class KCDHook(Hook):
             labels = _dataset_labels(loader.dataset)
         self.state = KCDState(num_samples, self.options, labels,
                               seed=runner.seed or 0,
-                              max_epochs=runner.max_epochs)
+                              max_epochs=runner.max_epochs,
+                              fingerprint=_fingerprint(loader.dataset,
+                                                       labels))
         if self._loaded is not None:
             self._restore(runner)
         else:
@@ -456,6 +461,23 @@ def _dataset_labels(dataset) -> torch.Tensor:
         raise TypeError(
             f'class_min_keep needs sample labels, but {type(inner).__name__} '
             f'gives none ({error}); set class_min_keep=0.') from error
+
+
+def _fingerprint(dataset, labels: Optional[torch.Tensor]) -> Optional[str]:
+    """A hash of the training labels, so a resume notices another dataset
+    of the same size. Only from labels at hand or one vectorised
+    ``get_gt_labels`` call: never a per-sample pass over a big dataset."""
+    if labels is None:
+        inner = getattr(dataset, 'dataset', dataset)
+        try:
+            gt = np.asarray(inner.get_gt_labels())
+        except Exception:  # no such method, or multi-label: no fingerprint
+            return None
+        if gt.ndim != 1 or gt.dtype == object or len(gt) != len(dataset):
+            return None
+        labels = torch.from_numpy(gt.astype(np.int64))
+    data = labels.to(torch.int64).numpy().tobytes()
+    return hashlib.sha1(data).hexdigest()[:16]
 
 
 def _differs(a, b) -> bool:

@@ -50,8 +50,11 @@ class ValueWeightedLoss(nn.Module):
         weighting (str): ``'uniform'`` returns the wrapped loss as is;
             ``'value'`` weights per-sample losses by value / mean value.
         per_sample (str, optional): how to split a loss kcd_mm has no rule
-            for: None refuses it, ``'vmap'`` evaluates each sample as a batch
-            of one (checked against the batch loss on the first batch).
+            for, when a split is needed (``weighting='value'``, or per-sample
+            weights from ``KCDHook(strategy='infobatch')``): None refuses
+            it, ``'vmap'`` evaluates each sample as a batch of one (checked
+            against the batch loss on the first batch). Uniform weighting
+            never splits, so any logits loss can be wrapped for it.
         record (bool): record values for the E-step. Exactly one wrapped
             loss per model records. Defaults to True.
     """
@@ -73,18 +76,10 @@ class ValueWeightedLoss(nn.Module):
         if per_sample not in _SPLITS:
             raise ValueError(f'ValueWeightedLoss per_sample={per_sample!r}: '
                              f'choose one of {_SPLITS}.')
-        if per_sample is None and not splits.has_rule(self.loss):
-            raise TypeError(
-                f'ValueWeightedLoss cannot wrap {name}: kcd_mm knows no '
-                'per-sample form of it, so it cannot give per-sample values '
-                'or weights. Known logits losses: '
-                f'{splits.known_losses()}. Fix: '
-                'wrap one of those, register a rule with '
-                '@kcd_mm.per_sample.register(' + repr(name) + '), or set '
-                "per_sample='vmap' if the loss is a mean over samples of "
-                'class logits.')
         self.weighting = weighting
         self.split = per_sample
+        if weighting == 'value':
+            self.check_splittable("weighting='value'")
         self.record = record
         self._split_checked = per_sample is None
         self._sig = inspect.signature(self.loss.forward)
@@ -101,6 +96,27 @@ class ValueWeightedLoss(nn.Module):
         self._batch: Optional[Tuple[torch.Tensor, Optional[torch.Tensor],
                                     Optional[torch.Tensor]]] = None
         self._records: List[Tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def splittable(self) -> bool:
+        """Per-sample losses can be had (a rule, or per_sample='vmap')."""
+        return self.split == 'vmap' or splits.has_rule(self.loss)
+
+    def check_splittable(self, why: str) -> None:
+        """Refuse, naming the fixes, when ``why`` needs per-sample losses
+        and this loss has no per-sample form."""
+        if self.splittable:
+            return
+        name = type(self.loss).__name__
+        raise TypeError(
+            f'ValueWeightedLoss cannot wrap {name} with {why}: that weights '
+            f'per-sample losses, and kcd_mm knows no per-sample form of '
+            f'{name}. Known logits losses: {splits.known_losses()}. Fix: '
+            'wrap one of those, register a rule with '
+            '@kcd_mm.per_sample.register(' + repr(name) + '), set '
+            "per_sample='vmap' if the loss is a mean over samples of class "
+            "logits, or use weighting='uniform' with strategy='kcd' or "
+            "'random' (they never split the loss).")
 
     def set_batch(self,
                   sample_idx: torch.Tensor,

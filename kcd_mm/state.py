@@ -113,6 +113,9 @@ class KCDState:
             (saved, so a resumed run draws the same). Defaults to 0.
         max_epochs (int, optional): the run's length; needed by
             :meth:`boundaries`, :meth:`planned_sizes` and ``'infobatch'``.
+        fingerprint (str, optional): identifies the training set beyond its
+            size (a hash of its labels); a resume refuses a checkpoint whose
+            fingerprint differs.
     """
 
     def __init__(self,
@@ -120,7 +123,8 @@ class KCDState:
                  options: KCDOptions,
                  labels: Optional[torch.Tensor] = None,
                  seed: int = 0,
-                 max_epochs: Optional[int] = None) -> None:
+                 max_epochs: Optional[int] = None,
+                 fingerprint: Optional[str] = None) -> None:
         if options.class_min_keep > 0 and (labels is None
                                            or labels.numel() != num_samples):
             raise ValueError('class_min_keep needs one label per sample')
@@ -132,6 +136,7 @@ class KCDState:
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.max_epochs = max_epochs
+        self.fingerprint = fingerprint
         self.bank = KnowledgeBank(num_samples, track_latest=infobatch)
         self.kept: Optional[torch.Tensor] = None  # None: all N
         self.pairs: Optional[Condensation] = None
@@ -286,6 +291,7 @@ class KCDState:
             version=2,
             options=asdict(self.options),
             num_samples=self.num_samples,
+            fingerprint=self.fingerprint,
             seed=self.seed,
             upweighted=None
             if self.upweighted is None else self.upweighted.clone(),
@@ -310,6 +316,16 @@ class KCDState:
                 f'{int(state["num_samples"])} samples, this run\'s has '
                 f'{self.num_samples}. Resume with the same dataset, or start '
                 'a new run (load_from= instead of resume).')
+        saved = state.get('fingerprint')  # absent before it was recorded
+        if saved and self.fingerprint and saved != self.fingerprint:
+            raise ValueError(
+                f'The checkpoint\'s KCD state is for another training set of '
+                f'the same size ({self.num_samples} samples, but the labels '
+                'differ in value or order: another ann_file, data_root, '
+                'indices or class order). KCD\'s values and kept set name '
+                'samples by position, so they would land on the wrong '
+                'images. Resume with the same dataset, or start a new run '
+                '(load_from= instead of resume).')
         self.bank.load_state_dict(state['bank'])
         self.kept = state['kept']
         pairs = state['pairs']

@@ -137,6 +137,28 @@ def test_resume_with_another_dataset_is_refused(data_root, tmp_path):
         proc.stdout)
 
 
+def test_resume_with_another_dataset_of_the_same_size_is_refused(
+        data_root, tmp_path):
+    path = write_config(tiny_kcd_config(data_root, max_epochs=2),
+                        str(tmp_path / 'kcd.py'))
+    work_dir = str(tmp_path / 'work')
+    run_tool(['tools/train.py', path, '--work-dir', work_dir])
+    # Same number of images, other labels: a size check alone misses it.
+    other_root = make_image_folder(str(tmp_path / 'other'), N, 2, 16)
+    other = write_config(tiny_kcd_config(other_root, max_epochs=3),
+                         str(tmp_path / 'kcd_other.py'))
+    proc = run_tool(['tools/train.py', other, '--work-dir', work_dir,
+                     '--resume', osp.join(work_dir, 'epoch_2.pth')],
+                    check=False)
+    assert proc.returncode != 0
+    assert 'another training set of the same size' in proc.stdout
+    # The same dataset resumes (the fingerprint is stable across runs).
+    again = write_config(tiny_kcd_config(data_root, max_epochs=3),
+                         str(tmp_path / 'kcd_again.py'))
+    run_tool(['tools/train.py', again, '--work-dir', work_dir, '--resume',
+              osp.join(work_dir, 'epoch_2.pth')])
+
+
 def test_tensorboard_shows_stage_scalars_and_value_histograms(
         data_root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import \

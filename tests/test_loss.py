@@ -89,9 +89,18 @@ def test_signature_matches_wrapped_loss_for_the_distiller():
     ]
 
 
-def test_unknown_loss_refused_at_build_unless_vmap():
-    with pytest.raises(TypeError, match='cannot wrap L2Loss'):
-        _wrap(dict(type='L2Loss'))
+def test_unknown_loss_refused_only_where_it_must_be_split():
+    s, t, y = _batch()
+    with pytest.raises(TypeError, match="cannot wrap L2Loss with weighting"):
+        _wrap(dict(type='L2Loss'), weighting='value')
+    # Uniform weighting never splits: the wrapped loss comes back as is,
+    # and values are still recorded from the logits.
+    plain = _wrap(dict(type='L2Loss'))
+    plain.set_batch(torch.arange(B), y)
+    assert torch.equal(plain(s, t), MODELS.build(dict(type='L2Loss'))(s, t))
+    assert plain.pop_records()[0][1].shape == (B, )
+    with pytest.raises(TypeError, match="strategy='infobatch'"):
+        plain.check_splittable("KCDHook(strategy='infobatch')")
     with pytest.raises(ValueError, match="value='nope'"):
         _wrap(dict(type='KLDivergence'), value='nope')
     with pytest.raises(ValueError, match='weighting'):

@@ -182,3 +182,26 @@ def test_infobatch_resumes_exactly(data_root, infobatch_run, tmp_path):
 def test_bad_strategy_name_stops_at_build(data_root, tmp_path):
     with pytest.raises(ValueError, match=r"KCD strategy='info_batch'"):
         _run(data_root, str(tmp_path / 'work'), strategy='info_batch')
+
+
+def test_infobatch_refuses_a_loss_it_cannot_split(data_root, tmp_path):
+    """A loss without a per-sample form trains with strategy='kcd' (uniform
+    weighting never splits it) but InfoBatch's weights need the split."""
+    cfg = tiny_kcd_config(data_root, **dict(SCHEDULE, strategy='infobatch'))
+    distiller = cfg['model']['distiller']
+    distiller['distill_losses']['loss_kl']['loss'] = dict(type='L2Loss')
+    mapping = distiller['loss_forward_mappings']['loss_kl']
+    mapping['s_feature'] = mapping.pop('preds_S')
+    mapping['t_feature'] = mapping.pop('preds_T')
+    cfg = Config(cfg)
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.log_level = 'WARNING'
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(TypeError, match="strategy='infobatch'"):
+        runner.train()
+    cfg.custom_hooks[0]['strategy'] = 'kcd'
+    cfg.work_dir = str(tmp_path / 'work_kcd')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    hook = next(h for h in runner.hooks if type(h).__name__ == 'KCDHook')
+    assert hook.state.sample_iters > 0 and hook.state.stage > 0
