@@ -7,6 +7,8 @@ import hashlib
 import json
 import os.path as osp
 
+import torch
+
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmrazor.registry import HOOKS
@@ -46,7 +48,10 @@ class KCDProbeHook(Hook):
                     state.kept.tolist()),
                 tail=None if pairs is None else pairs.tail.tolist(),
                 lost=None if pairs is None else pairs.lost.tolist(),
-                visits=state.bank.visits.tolist()))
+                visits=state.bank.visits.tolist(),
+                upweighted=None if state.upweighted is None else
+                torch.nonzero(state.upweighted).flatten().tolist(),
+                sample_iters=state.sample_iters))
 
     def after_train(self, runner) -> None:
         """Parameters only: BN running stats are per rank in mmengine's DDP

@@ -3,6 +3,8 @@ import json
 import os
 import os.path as osp
 
+import pytest
+
 from helpers import free_port, make_image_folder, run_tool, write_config
 from kcd_configs import tiny_kcd_config
 
@@ -51,6 +53,40 @@ def test_two_ranks_share_one_kcd_state(tmp_path):
         assert len(a['shard']) == len(b['shard'])
     # Every visit on either rank was banked once.
     assert sum(epochs[0][-1]['visits']) == 60 + 50 + 40 + 30
+    assert ranks[0][-1]['final_weights'] == ranks[1][-1]['final_weights']
+
+
+@pytest.mark.parametrize('strategy', ['random', 'infobatch'])
+def test_two_ranks_agree_on_comparison_strategies(strategy, tmp_path):
+    """random and InfoBatch choose the same samples (and InfoBatch the same
+    up-weighted ones) on every rank, from values merged over both."""
+    n = 60
+    data = make_image_folder(str(tmp_path / 'data'), n, 3, 16)
+    # A mild schedule InfoBatch can meet (it drops below-mean samples only).
+    cfg = tiny_kcd_config(data, max_epochs=4, theta=0.9, num_steps=1,
+                          strategy=strategy, summary=False)
+    cfg['custom_imports']['imports'].append('kcd_probe')
+    cfg['custom_hooks'].append(
+        dict(type='mmrazor.KCDProbeHook', out_dir=str(tmp_path)))
+    path = write_config(cfg, str(tmp_path / 'kcd.py'))
+    env = dict(PORT=str(free_port()),
+               PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    run_tool(['tools/dist_train.sh', path, '2', '--work-dir',
+              str(tmp_path / 'work')], env=env)
+    ranks = [_lines(osp.join(tmp_path, f'probe_rank{r}.jsonl'))
+             for r in (0, 1)]
+    epochs = [[r for r in lines if 'epoch' in r] for lines in ranks]
+    assert len(epochs[0]) == len(epochs[1]) == 4
+    for a, b in zip(*epochs):
+        for key in ('kept', 'upweighted', 'visits', 'sample_iters'):
+            assert a[key] == b[key], f'{key} differs at epoch {a["epoch"]}'
+    pruned = [e for e in epochs[0] if e['kept'] and len(e['kept']) < n]
+    assert pruned, 'the strategy never pruned'
+    if strategy == 'infobatch':
+        assert any(e['upweighted'] for e in epochs[0])
+    # KCD's budget, 60 + 55 + 54 + 54, with at most one padded sample an
+    # epoch (an odd kept set split over 2 ranks).
+    assert 223 <= epochs[0][-1]['sample_iters'] <= 227
     assert ranks[0][-1]['final_weights'] == ranks[1][-1]['final_weights']
 
 
