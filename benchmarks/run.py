@@ -608,12 +608,31 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
                 f'{r["test_top1"]:.2f} / {r["test_best"]:.2f} | '
                 f'{r["samples_vs_kd"]:.3f} |')
     estep = summary['micro']['estep']
-    lines += ['', 'E-step (benchmarks/bench_estep.py, 1 thread):', '',
-              '| N | E-step s | KCD state MiB |', '|---|---|---|']
+    epochs = estep.get('epochs', 100)
+    lines += ['', 'E-step (benchmarks/bench_estep.py, 1 thread; each N in a '
+              'fresh process): kcd_mm\'s O(N) bank against the reference\'s '
+              f'way, an N x {epochs} float32 history reduced at the E-step '
+              '(re-implemented here; not timed where the history would '
+              'exceed 4 GiB). *peak+*: memory above what was resident '
+              'before the E-step.', '',
+              '| N | kcd_mm s | kcd_mm state MiB | kcd_mm peak+ MiB | '
+              'reference s | reference history MiB | reference peak+ MiB |',
+              '|---|---|---|---|---|---|---|']
+
+    def cell(x, fmt):
+        return '-' if x is None else fmt(x)
+
+    def mib(x):
+        return cell(x, lambda v: f'{v / 2**20:.1f}')
+
     for row in estep['rows']:
-        lines.append(f'| {row["num_samples"]:,} | '
-                     f'{row["estep_seconds"]:.3f} | '
-                     f'{row["state_bytes"] / 2**20:.1f} |')
+        lines.append(
+            f'| {row["num_samples"]:,} | {row["estep_seconds"]:.3f} | '
+            f'{mib(row["state_bytes"])} | '
+            f'{mib(row.get("estep_peak_extra_bytes"))} | '
+            f'{cell(row.get("reference_seconds"), lambda v: f"{v:.3f}")} | '
+            f'{mib(row.get("reference_history_bytes"))} | '
+            f'{mib(row.get("reference_peak_extra_bytes"))} |')
     over = summary['micro']['overhead']
     kd_ms = statistics.median(over['kd_seconds']) * 1e3
     kcd_ms = statistics.median(over['kcd_seconds']) * 1e3
