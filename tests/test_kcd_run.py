@@ -121,42 +121,38 @@ def test_resume_restores_state_and_keeps_one_record_per_stage(
     assert ckpt['kcd_state']['sample_iters'] == 180
 
 
-def test_resume_with_another_dataset_is_refused(data_root, tmp_path):
+def _two_epoch_run(data_root, tmp_path) -> str:
+    """A finished 2-epoch KCD run; returns its work dir."""
     path = write_config(tiny_kcd_config(data_root, max_epochs=2),
                         str(tmp_path / 'kcd.py'))
     work_dir = str(tmp_path / 'work')
     run_tool(['tools/train.py', path, '--work-dir', work_dir])
-    bigger = make_image_folder(str(tmp_path / 'bigger'), N + 6, 3, 16)
-    other = write_config(tiny_kcd_config(bigger, max_epochs=3),
-                         str(tmp_path / 'kcd_bigger.py'))
-    proc = run_tool(['tools/train.py', other, '--work-dir', work_dir,
-                     '--resume', osp.join(work_dir, 'epoch_2.pth')],
-                    check=False)
-    assert proc.returncode != 0
-    assert f'training set of {N} samples, this run\'s has {N + 6}' in (
-        proc.stdout)
+    return work_dir
 
 
-def test_resume_with_another_dataset_of_the_same_size_is_refused(
-        data_root, tmp_path):
-    path = write_config(tiny_kcd_config(data_root, max_epochs=2),
-                        str(tmp_path / 'kcd.py'))
-    work_dir = str(tmp_path / 'work')
-    run_tool(['tools/train.py', path, '--work-dir', work_dir])
-    # Same number of images, other labels: a size check alone misses it.
-    other_root = make_image_folder(str(tmp_path / 'other'), N, 2, 16)
-    other = write_config(tiny_kcd_config(other_root, max_epochs=3),
-                         str(tmp_path / 'kcd_other.py'))
-    proc = run_tool(['tools/train.py', other, '--work-dir', work_dir,
+def _resume_on(data_root, tmp_path, work_dir, name, check=True):
+    """Resume ``work_dir``'s epoch 2 for 3 epochs on ``data_root``."""
+    path = write_config(tiny_kcd_config(data_root, max_epochs=3),
+                        str(tmp_path / f'{name}.py'))
+    return run_tool(['tools/train.py', path, '--work-dir', work_dir,
                      '--resume', osp.join(work_dir, 'epoch_2.pth')],
-                    check=False)
+                    check=check)
+
+
+@pytest.mark.parametrize('images, classes, message', [
+    (N + 6, 3, f'training set of {N} samples, this run\'s has {N + 6}'),
+    # Same size, other labels: a size check alone would miss it.
+    (N, 2, 'another training set of the same size'),
+])
+def test_resume_with_another_dataset_is_refused(data_root, tmp_path, images,
+                                                classes, message):
+    work_dir = _two_epoch_run(data_root, tmp_path)
+    other = make_image_folder(str(tmp_path / 'other'), images, classes, 16)
+    proc = _resume_on(other, tmp_path, work_dir, 'other', check=False)
     assert proc.returncode != 0
-    assert 'another training set of the same size' in proc.stdout
-    # The same dataset resumes (the fingerprint is stable across runs).
-    again = write_config(tiny_kcd_config(data_root, max_epochs=3),
-                         str(tmp_path / 'kcd_again.py'))
-    run_tool(['tools/train.py', again, '--work-dir', work_dir, '--resume',
-              osp.join(work_dir, 'epoch_2.pth')])
+    assert message in proc.stdout
+    if images == N:  # the same dataset resumes: its fingerprint is stable
+        _resume_on(data_root, tmp_path, work_dir, 'again')
 
 
 def test_tensorboard_shows_stage_scalars_and_value_histograms(
@@ -206,10 +202,7 @@ def test_class_min_keep_protects_every_class(data_root, tmp_path):
 
 def test_load_from_starts_kcd_afresh_and_extension_runs_skipped_estep(
         data_root, tmp_path):
-    path = write_config(tiny_kcd_config(data_root, max_epochs=2),
-                        str(tmp_path / 'kcd.py'))
-    work_dir = str(tmp_path / 'work')
-    run_tool(['tools/train.py', path, '--work-dir', work_dir])
+    work_dir = _two_epoch_run(data_root, tmp_path)
     assert [s['epoch'] for s in _read_stages(work_dir)] == [1]
     # Extend the finished run to 4 epochs: epoch 2 is a boundary now.
     longer = write_config(tiny_kcd_config(data_root, max_epochs=4),
