@@ -91,6 +91,8 @@ LABELS = dict(
     kcd_prune='4 KCD prune-only', random='5 random, KCD budget',
     infobatch='6 InfoBatch, KCD budget')
 REFERENCE = dict(theta=0.7, num_steps=6)  # the configs' (reference) values
+# Ablations drawn on an arm's line in the accuracy plot.
+PLOTTED_AS = {'summary=False': 'kcd_prune'}
 
 
 @dataclass
@@ -104,12 +106,15 @@ class Mode:
         stage_epochs: KCD's T.
         seeds: arm -> seeds (arms not listed run seed 0 only).
         budgets: fractions of KD's samples for the budget curve.
+        budget_seeds: budget -> seeds of its KCD and random arms (others:
+            seed 0 only).
         estep_sizes: N for benchmarks/bench_estep.py.
         overhead_args: arguments of benchmarks/bench_overhead.py.
         val_every: epochs between held-out validations (0: only at the
             end); the best of them picks the "best" checkpoint.
-        ablations: (variant, budget, cfg-options) of extra KCD runs, seed
-            0, on the budget's schedule: what else was tried.
+        ablations: (variant, budget, cfg-options) of extra KCD runs on
+            the budget's schedule: what else was tried.
+        ablation_seeds: variant -> seeds (others: seed 0 only).
     """
     n_train: int
     holdout: int
@@ -117,10 +122,12 @@ class Mode:
     stage_epochs: int
     seeds: Dict[str, Sequence[int]] = field(default_factory=dict)
     budgets: Sequence[float] = ()
+    budget_seeds: Dict[float, Sequence[int]] = field(default_factory=dict)
     estep_sizes: Sequence[int] = (50000, 1281167)
     overhead_args: Sequence[str] = ()
     val_every: int = 0
     ablations: Sequence[Tuple[str, float, Dict[str, str]]] = ()
+    ablation_seeds: Dict[str, Sequence[int]] = field(default_factory=dict)
 
 
 _LOSS = 'model.distiller.distill_losses.loss_kl'
@@ -131,12 +138,16 @@ MODES = dict(
                overhead_args=('--rounds', '1', '--epochs', '2', '--images',
                               '1024')),
     # 20k images, 18 epochs in 3-epoch stages (the reference's 6 stages),
-    # 3 seeds for KD, KCD and random, and the budget curve: 21 runs worth
-    # 16 KD runs of 2,826 iterations, two at a time. At the 0.25 s/iter
-    # measured in the quick run beside another job using a core: ~95 min,
-    # plus ~10 min of start-ups, validations and tests.
+    # 3 seeds for KD, KCD, prune-only and random, the budget curve (3 seeds
+    # for KCD and random at 60%) and 5 ablations (2 with 3 seeds): 36 runs
+    # worth 24 KD runs of 2,826 iterations, two at a time; ~5.5 min a KD
+    # run on an idle 2-core machine: ~67 min, ~75 with start-ups and the
+    # micro-benchmarks.
     full=Mode(n_train=20000, holdout=10000, epochs=18, stage_epochs=3,
-              seeds=dict(kd=(0, 1, 2), kcd=(0, 1, 2), random=(0, 1, 2)),
+              seeds=dict(kd=(0, 1, 2), kcd=(0, 1, 2), random=(0, 1, 2),
+                         kcd_prune=(0, 1, 2)),
+              # 3 seeds where the budget target (60%) is judged.
+              budget_seeds={0.6: (0, 1, 2)},
               budgets=(0.5, 0.6, 0.75),
               estep_sizes=(50000, 1281167, 14197122), val_every=3,
               # At the lowest budget, where choosing matters most: the
@@ -149,7 +160,10 @@ MODES = dict(
                    {'custom_hooks.0.summary': 'False'}),
                   # Shorter stages: a more gradual schedule for the budget.
                   ('stage_epochs=1', 0.5,
-                   {'custom_hooks.0.stage_epochs': '1'}))))
+                   {'custom_hooks.0.stage_epochs': '1'})),
+              # The two that came closest to KD at 50% with seed 0.
+              ablation_seeds={'summary=False': (0, 1, 2),
+                              'stage_epochs=1': (0, 1, 2)}))
 
 
 # ------------------------------------------------------------ schedules
@@ -223,19 +237,24 @@ def plan_arms(mode: Mode) -> List[Arm]:
         for arm in ('kcd', 'random', 'infobatch'):
             hook = dict(stage_epochs=mode.stage_epochs, theta=theta,
                         num_steps=steps, **ARMS[arm][1])
-            arms.append(
-                Arm(f'{arm}_b{round(100 * budget)}_s0', arm, 0, budget,
-                    hook))
+            seeds = (mode.budget_seeds.get(budget, (0, ))
+                     if arm != 'infobatch' else (0, ))
+            for seed in seeds:
+                arms.append(
+                    Arm(f'{arm}_b{round(100 * budget)}_s{seed}', arm, seed,
+                        budget, hook))
     for variant, budget, cfg in mode.ablations:
         stage_epochs = int(cfg.get('custom_hooks.0.stage_epochs',
                                    mode.stage_epochs))
         theta, steps, _ = choose_schedule(mode.n_train, mode.epochs,
                                           stage_epochs, budget)
         slug = ''.join(c if c.isalnum() else '_' for c in variant)
-        arms.append(
-            Arm(f'kcd_b{round(100 * budget)}_{slug}_s0', 'kcd', 0, budget,
-                dict(stage_epochs=stage_epochs, theta=theta,
-                     num_steps=steps), variant, dict(cfg)))
+        for seed in mode.ablation_seeds.get(variant, (0, )):
+            arms.append(
+                Arm(f'kcd_b{round(100 * budget)}_{slug}_s{seed}', 'kcd',
+                    seed, budget,
+                    dict(stage_epochs=stage_epochs, theta=theta,
+                         num_steps=steps), variant, dict(cfg)))
     return arms
 
 
@@ -464,30 +483,49 @@ def plot(results: List[Dict], rows: List[Dict], mode: Mode,
                   infobatch='#3a9d5d')
     paths = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     for ax, key in zip(axes, ('holdout', 'test')):
-        for arm in ARMS:
-            pts = sorted((r['samples_vs_kd'], r[f'{key}_top1'],
-                          r[f'{key}_sd']) for r in rows
-                         if r['arm'] == arm and not r.get('variant'))
-            if not pts:
+        lines = {}
+        for r in rows:  # an arm's line, with the ablations drawn as one
+            arm = PLOTTED_AS.get(r.get('variant'), r['arm'])
+            if r.get('variant') and r['variant'] not in PLOTTED_AS:
                 continue
-            xs, ys, sd = zip(*pts)
+            lines.setdefault(arm, []).append(
+                (r['samples_vs_kd'], r[f'{key}_top1'], r[f'{key}_sd']))
+        # Frame the arms that stay near KD; a collapse would flatten them.
+        near = [y for arm, pts in lines.items() for _, y, _ in pts
+                if arm != 'infobatch']
+        low, high = min(near) - 0.6, max(near) + 0.4
+        for arm in ARMS:
+            if arm not in lines:
+                continue
+            xs, ys, sd = zip(*sorted(lines[arm]))
             if arm == 'kd':  # the level to match: KD's mean +- one std
                 ax.axhspan(ys[0] - sd[0], ys[0] + sd[0], color='#000000',
                            alpha=0.08, linewidth=0)
-            ax.errorbar(xs, ys, yerr=sd, marker='o', capsize=3,
+            shown = [max(y, low + 0.1) for y in ys]
+            ax.errorbar(xs, shown, yerr=sd, marker='o', capsize=3,
                         color=colors[arm], label=LABELS[arm],
                         linestyle='-' if len(xs) > 1 else 'none')
+            for x, y in zip(xs, ys):
+                if y < low:  # off the frame: an arrow and its value
+                    ax.annotate(f'{y:.1f}', (x, low + 0.1),
+                                xytext=(x + 0.01, low + 0.35),
+                                color=colors[arm], fontsize=7,
+                                arrowprops=dict(arrowstyle='->',
+                                                color=colors[arm]))
+        ax.set_ylim(low, high)
         ax.set_xlabel("samples trained on / KD's")
         ax.set_ylabel(f'{key} top-1 (%)')
         ax.set_title(f'last {mode.holdout:,} of the training file'
                      if key == 'holdout' else 'the 10,000 test images')
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=6, fontsize=7)
     fig.suptitle(f'Fashion-MNIST, {mode.n_train:,} training images, '
-                 f'{mode.epochs} epochs ({mode_name} mode)')
-    fig.tight_layout()
+                 f'{mode.epochs} epochs ({mode_name} mode); band: KD '
+                 'mean ± std')
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = osp.join(img, f'bench_{mode_name}_accuracy_vs_samples.png')
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -496,8 +534,14 @@ def plot(results: List[Dict], rows: List[Dict], mode: Mode,
     fig, ax = plt.subplots(figsize=(6, 4))
     styles = dict(kcd=('-', 3.5), kcd_prune=('--', 2), random=(':', 2),
                   infobatch=('-', 1.5))
+    low = min(mode.budgets, default=None)  # its KCD schedules, thin
     for r in results:
-        if r['budget'] is not None or r['seed'] != 0 or not r['stages']:
+        if r['seed'] != 0 or not r['stages']:
+            continue
+        lowest = (low is not None and r['budget'] == low
+                  and r['arm'] == 'kcd'
+                  and r.get('variant', '') in ('', 'stage_epochs=1'))
+        if r['budget'] is not None and not lowest:
             continue
         n = r['stages'][0]['num_samples']
         # Fraction trained on in each epoch; a record after epoch e sets
@@ -506,9 +550,15 @@ def plot(results: List[Dict], rows: List[Dict], mode: Mode,
         for s in r['stages']:
             kept[s['epoch']:] = [s['kept'] / n] * (mode.epochs - s['epoch'])
         style, width = styles[r['arm']]
+        label = LABELS[r['arm']]
+        if lowest:
+            opts = r['hook']
+            style, width = ('-.', 1.2) if r.get('variant') else ('-', 1.2)
+            label = (f'KCD at {low:.0%}: T={opts["stage_epochs"]}, theta '
+                     f'{opts["theta"]}, K={opts["num_steps"]}')
         ax.step(range(mode.epochs + 1), kept + kept[-1:], where='post',
                 linestyle=style, linewidth=width, color=colors[r['arm']],
-                label=LABELS[r['arm']])
+                label=label)
     ax.set_xlabel('epochs done')
     ax.set_ylabel('fraction of the training set trained on')
     ax.set_ylim(0, 1.05)
@@ -539,7 +589,9 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
         f'{mode.epochs} epochs, stages of {mode.stage_epochs} epoch(s); '
         f'wall-clock {summary["wall_seconds"] / 60:.1f} min'
         + (f' ({summary["reused"]} of {len(summary["arms"])} arms reused '
-           'from an earlier run)' if summary.get('reused') else '') +
+           'from an earlier run; the arms\' own training time summed '
+           f'{sum(r["train_seconds"] for r in summary["arms"]) / 60:.0f} '
+           'min)' if summary.get('reused') else '') +
         f' with {summary["jobs"]} parallel jobs (1-min load average '
         f'{summary["load_start"]} at the start, {summary["load_end"]} at '
         'the end; each arm adds 1). Raw: '
@@ -575,37 +627,45 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
              if r['budget'] is not None and not r.get('variant')]
     if curve:
         kcd = next(r for r in main if r['arm'] == 'kcd')
-        lines += ['', 'Budget curve (seed 0; the main arms above are the '
+        lines += ['', 'Budget curve (seed 0 unless a seed count is given; '
+                  'the main arms above are the '
                   f'{kcd["samples_vs_kd"]:.3f} point):', '',
                   '| budget | theta, K | KCD held-out / test | random '
                   'held-out / test | InfoBatch held-out / test (samples) |',
                   '|---|---|---|---|---|']
+
+        def both(r):
+            n = len(r['seeds'])
+            seeds = f' ({n} seeds)' if n > 1 else ''
+            return (f'{_fmt(r["holdout_top1"], r["holdout_sd"], n)} / '
+                    f'{_fmt(r["test_top1"], r["test_sd"], n)}{seeds}')
+
         for budget in sorted({r['budget'] for r in curve}):
             cells = {r['arm']: r for r in curve if r['budget'] == budget}
             k = cells['kcd']
             ib = cells['infobatch']
             lines.append(
                 f'| {budget:.3f} | {k["theta"]}, {k["num_steps"]} | '
-                + ' | '.join(
-                    f'{cells[a]["holdout_top1"]:.2f} / '
-                    f'{cells[a]["test_top1"]:.2f}'
-                    for a in ('kcd', 'random')) +
-                f' | {ib["holdout_top1"]:.2f} / {ib["test_top1"]:.2f} '
+                f'{both(k)} | {both(cells["random"])} | {both(ib)} '
                 f'({ib["samples_vs_kd"]:.3f}'
                 f'{", capped" if ib["capped"] else ""}) |')
     ablation = [r for r in rows if r.get('variant')]
     if ablation:
-        lines += ['', 'Ablations (KD + KCD, seed 0, at the budget\'s '
-                  'schedule; the budget curve\'s KCD row is the reference '
-                  'setting: value=entropy, summary on):', '',
-                  '| variant | budget | held-out last / best | test last / '
-                  '(best held-out ckpt) | samples vs KD |',
-                  '|---|---|---|---|---|']
+        lines += ['', 'Ablations (KD + KCD on the budget\'s schedule, one '
+                  'change each from the reference setting of the budget '
+                  'curve\'s KCD row: value=entropy, summary on, stages of '
+                  f'{mode.stage_epochs} epochs):', '',
+                  '| variant | budget | seeds | held-out last | held-out best '
+                  '| test last | test (best held-out ckpt) | samples vs KD |',
+                  '|---|---|---|---|---|---|---|---|']
         for r in ablation:
+            n = len(r['seeds'])
             lines.append(
-                f'| {r["variant"]} | {r["budget"]:.3f} | '
-                f'{r["holdout_top1"]:.2f} / {r["holdout_best"]:.2f} | '
-                f'{r["test_top1"]:.2f} / {r["test_best"]:.2f} | '
+                f'| {r["variant"]} | {r["budget"]:.3f} | {n} | '
+                f'{_fmt(r["holdout_top1"], r["holdout_sd"], n)} | '
+                f'{_fmt(r["holdout_best"], r["holdout_best_sd"], n)} | '
+                f'{_fmt(r["test_top1"], r["test_sd"], n)} | '
+                f'{_fmt(r["test_best"], r["test_best_sd"], n)} | '
                 f'{r["samples_vs_kd"]:.3f} |')
     estep = summary['micro']['estep']
     epochs = estep.get('epochs', 100)
