@@ -16,10 +16,9 @@ def _lines(path):
         return [json.loads(line) for line in f]
 
 
-def test_two_ranks_share_one_kcd_state(tmp_path):
-    n = 60  # 3 classes, batch 8, 30 per rank: 4 iterations each
-    data = make_image_folder(str(tmp_path / 'data'), n, 3, 16)
-    cfg = tiny_kcd_config(data, max_epochs=4)
+def _probed_2_rank_run(cfg, tmp_path):
+    """Train ``cfg`` on 2 gloo ranks with KCDProbeHook; return each rank's
+    probe records (per-epoch ones, then the final one)."""
     cfg['custom_imports']['imports'].append('kcd_probe')
     cfg['custom_hooks'].append(
         dict(type='mmrazor.KCDProbeHook', out_dir=str(tmp_path)))
@@ -29,7 +28,26 @@ def test_two_ranks_share_one_kcd_state(tmp_path):
                PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
     run_tool(['tools/dist_train.sh', path, '2', '--work-dir', work_dir],
              env=env)
+    return [_lines(osp.join(tmp_path, f'probe_rank{r}.jsonl'))
+            for r in (0, 1)]
 
+
+def _same_on_both_ranks(ranks, keys, epochs):
+    """The per-epoch records of both ranks, checked equal on ``keys``."""
+    per_epoch = [[r for r in lines if 'epoch' in r] for lines in ranks]
+    assert len(per_epoch[0]) == len(per_epoch[1]) == epochs
+    for a, b in zip(*per_epoch):
+        for key in keys:
+            assert a[key] == b[key], f'{key} differs at epoch {a["epoch"]}'
+    return per_epoch
+
+
+def test_two_ranks_share_one_kcd_state(tmp_path):
+    n = 60  # 3 classes, batch 8, 30 per rank: 4 iterations each
+    data = make_image_folder(str(tmp_path / 'data'), n, 3, 16)
+    ranks = _probed_2_rank_run(tiny_kcd_config(data, max_epochs=4),
+                               tmp_path)
+    work_dir = str(tmp_path / 'work')
     stages = _lines(osp.join(work_dir, 'kcd_stages.jsonl'))
     assert [s['stage'] for s in stages] == [1, 2, 3]  # written once
     assert [s['kept'] for s in stages] == [50, 40, 30]
@@ -37,13 +55,9 @@ def test_two_ranks_share_one_kcd_state(tmp_path):
     assert [s['sample_iters'] for s in stages] == [60, 110, 150]
     assert [s['values_recorded'] for s in stages] == [60, 50, 40]
 
-    ranks = [_lines(osp.join(tmp_path, f'probe_rank{r}.jsonl'))
-             for r in (0, 1)]
-    epochs = [[r for r in lines if 'epoch' in r] for lines in ranks]
-    assert len(epochs[0]) == len(epochs[1]) == 4
+    epochs = _same_on_both_ranks(ranks, ('kept', 'tail', 'lost', 'visits'),
+                                 4)
     for a, b in zip(*epochs):
-        for key in ('kept', 'tail', 'lost', 'visits'):
-            assert a[key] == b[key], f'{key} differs at epoch {a["epoch"]}'
         # The two shards cover the epoch's kept set, padding aside.
         shard_ids = {x if isinstance(x, int) else x[0]
                      for x in a['shard'] + b['shard']}
@@ -65,21 +79,9 @@ def test_two_ranks_agree_on_comparison_strategies(strategy, tmp_path):
     # A mild schedule InfoBatch can meet (it drops below-mean samples only).
     cfg = tiny_kcd_config(data, max_epochs=4, theta=0.9, num_steps=1,
                           strategy=strategy, summary=False)
-    cfg['custom_imports']['imports'].append('kcd_probe')
-    cfg['custom_hooks'].append(
-        dict(type='mmrazor.KCDProbeHook', out_dir=str(tmp_path)))
-    path = write_config(cfg, str(tmp_path / 'kcd.py'))
-    env = dict(PORT=str(free_port()),
-               PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    run_tool(['tools/dist_train.sh', path, '2', '--work-dir',
-              str(tmp_path / 'work')], env=env)
-    ranks = [_lines(osp.join(tmp_path, f'probe_rank{r}.jsonl'))
-             for r in (0, 1)]
-    epochs = [[r for r in lines if 'epoch' in r] for lines in ranks]
-    assert len(epochs[0]) == len(epochs[1]) == 4
-    for a, b in zip(*epochs):
-        for key in ('kept', 'upweighted', 'visits', 'sample_iters'):
-            assert a[key] == b[key], f'{key} differs at epoch {a["epoch"]}'
+    ranks = _probed_2_rank_run(cfg, tmp_path)
+    epochs = _same_on_both_ranks(
+        ranks, ('kept', 'upweighted', 'visits', 'sample_iters'), 4)
     pruned = [e for e in epochs[0] if e['kept'] and len(e['kept']) < n]
     assert pruned, 'the strategy never pruned'
     if strategy == 'infobatch':
