@@ -139,15 +139,15 @@ MODES = dict(
                               '1024')),
     # 20k images, 18 epochs in 3-epoch stages (the reference's 6 stages),
     # 3 seeds for KD, KCD, prune-only and random, the budget curve (3 seeds
-    # for KCD and random at 60%) and 5 ablations (2 with 3 seeds): 36 runs
-    # worth 24 KD runs of 2,826 iterations, two at a time; ~5.5 min a KD
-    # run on an idle 2-core machine: ~67 min, ~75 with start-ups and the
+    # for KCD and random) and 5 ablations (2 with 3 seeds): 44 runs worth
+    # 30 KD runs of 2,826 iterations, two at a time; ~5.5 min a KD run on
+    # an idle 2-core machine: ~82 min, ~90 with start-ups and the
     # micro-benchmarks.
     full=Mode(n_train=20000, holdout=10000, epochs=18, stage_epochs=3,
               seeds=dict(kd=(0, 1, 2), kcd=(0, 1, 2), random=(0, 1, 2),
                          kcd_prune=(0, 1, 2)),
-              # 3 seeds where the budget target (60%) is judged.
-              budget_seeds={0.6: (0, 1, 2)},
+              # KCD and random: 3 seeds at every budget.
+              budget_seeds={b: (0, 1, 2) for b in (0.5, 0.6, 0.75)},
               budgets=(0.5, 0.6, 0.75),
               estep_sizes=(50000, 1281167, 14197122), val_every=3,
               # At the lowest budget, where choosing matters most: the
