@@ -30,7 +30,6 @@ import time
 import torch
 
 import kcd_mm  # noqa: F401
-from kcd_mm.condensation import cost_aware_scores, rank_samples
 from kcd_mm.state import KCDOptions, KCDState
 
 STAGE_EPOCHS = 16  # where the E-step runs; any boundary does
@@ -81,18 +80,18 @@ def _kcd(n: int, out: mp.Queue) -> None:
 
 
 def _reference(n: int, epochs: int, out: mp.Queue) -> None:
-    """The reference's way: score from a full per-epoch history."""
+    """The reference's way: reduce a full per-epoch history to visit
+    counts and value sums, then the same E-step as kcd_mm's."""
     g = torch.Generator().manual_seed(0)
     history = torch.rand(n, epochs, generator=g)
     history[torch.rand(n, epochs, generator=g) < 0.2] = float('nan')
-    opts = KCDOptions(stage_epochs=STAGE_EPOCHS)
+    state = KCDState(n, KCDOptions(stage_epochs=STAGE_EPOCHS))
 
     def step():
-        visits = (~torch.isnan(history)).sum(1)
-        value_sum = torch.nan_to_num(history, nan=0.0).sum(1)
-        rank_samples(cost_aware_scores(value_sum, visits,
-                                       opts.score_exponent,
-                                       opts.stage_epochs))
+        state.bank.visits.copy_((~torch.isnan(history)).sum(1))
+        state.bank.value_sum.copy_(torch.nan_to_num(history, nan=0.0).sum(1))
+        state.kept, state.pairs = None, None
+        state.estep(epoch=STAGE_EPOCHS)
 
     seconds, extra = _peak_extra(step)
     out.put(dict(seconds=seconds, peak_extra_bytes=extra,
@@ -128,8 +127,8 @@ def main() -> None:
         default=osp.join(osp.dirname(osp.abspath(__file__)), 'results',
                          'estep.json'))
     args = parser.parse_args()
-    os.environ['OMP_NUM_THREADS'] = str(args.threads)  # for the children
-    torch.set_num_threads(args.threads)
+    # The measurements run in spawned children, which read this at start.
+    os.environ['OMP_NUM_THREADS'] = str(args.threads)
     rows = []
     print(f'{"N":>10} | {"kcd_mm s":>8} {"state MiB":>9} {"peak+ MiB":>9} '
           f'| {"reference s":>11} {"history MiB":>11} {"peak+ MiB":>9}')
@@ -155,7 +154,9 @@ def main() -> None:
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(dict(threads=args.threads, epochs=args.epochs,
-                       stage_epochs=STAGE_EPOCHS, rows=rows), f, indent=2)
+                       stage_epochs=STAGE_EPOCHS,
+                       ref_max_gib=args.ref_max_gib, rows=rows), f,
+                  indent=2)
 
 
 if __name__ == '__main__':

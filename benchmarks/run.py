@@ -53,6 +53,7 @@ benchmarks/results/bench_MODE.json, docs/img/bench_MODE_*.png, and the
 MODE section of docs/results.md.
 """
 import argparse
+import functools
 import glob
 import json
 import math
@@ -69,6 +70,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from kcd_mm import analysis  # noqa: E402
 from kcd_mm.condensation import boundary_epochs, keep_schedule  # noqa: E402
 
 # Where tools/run_demo.sh keeps the teacher (it honours TEACHER_DIR too).
@@ -174,6 +176,7 @@ def budget_ratio(n: int, theta: float, num_steps: int, stage_epochs: int,
                              epochs)) / (n * epochs)
 
 
+@functools.lru_cache(maxsize=None)  # plan_arms asks again per arm
 def choose_schedule(n: int, epochs: int, stage_epochs: int, target: float,
                     min_theta: float = 0.25,
                     tol: float = 0.005) -> Tuple[float, int, float]:
@@ -189,15 +192,15 @@ def choose_schedule(n: int, epochs: int, stage_epochs: int, target: float,
               for i in range(int(round((1 - min_theta) / 0.001)) + 1)]
     best = None
     for k in range(steps, 0, -1):
-        err, theta = min(
-            (abs(budget_ratio(n, t, k, stage_epochs, epochs) - target), t)
-            for t in thetas)
+        err, theta, ratio = min(
+            (abs(r - target), t, r)
+            for t, r in ((t, budget_ratio(n, t, k, stage_epochs, epochs))
+                         for t in thetas))
         if err <= tol:
-            return theta, k, budget_ratio(n, theta, k, stage_epochs, epochs)
+            return theta, k, ratio
         if best is None or err < best[0]:
-            best = (err, theta, k)
-    _, theta, k = best
-    return theta, k, budget_ratio(n, theta, k, stage_epochs, epochs)
+            best = (err, theta, k, ratio)
+    return best[1:]
 
 
 # ----------------------------------------------------------------- arms
@@ -361,13 +364,10 @@ def run_arm(arm: Arm, mode: Mode, root: str, force: bool) -> Dict:
         if iter_times else None,
         stages=[])
     if arm.hook:
-        import torch
-        state = torch.load(ckpt, weights_only=True,
-                           map_location='cpu')['kcd_state']
-        result['sample_iters'] = int(state['sample_iters'])
-        result['full_kd_sample_iters'] = int(state['full_kd_sample_iters'])
-        with open(osp.join(work, 'kcd_stages.jsonl')) as f:
-            result['stages'] = [json.loads(line) for line in f]
+        progress = analysis.read_progress(ckpt)
+        result['sample_iters'] = progress['sample_iters']
+        result['full_kd_sample_iters'] = progress['full_kd_sample_iters']
+        result['stages'] = analysis.read_records(work)
     result['samples_vs_kd'] = (result['sample_iters'] /
                                result['full_kd_sample_iters'])
     # One teacher forward per sample trained on (a summary blend is one
@@ -440,18 +440,16 @@ def aggregate(results: List[Dict]) -> List[Dict]:
     for (arm, budget, variant), rs in groups.items():
         held, held_sd = _mean_sd([r['holdout_top1'] for r in rs])
         test, test_sd = _mean_sd([r['test_top1'] for r in rs])
-        # Older results (before held-out "best" was kept) lack these.
-        hbest, hbest_sd = _mean_sd([r.get('holdout_best') for r in rs])
-        tbest, tbest_sd = _mean_sd([r.get('test_top1_best') for r in rs])
+        hbest, hbest_sd = _mean_sd([r['holdout_best'] for r in rs])
+        tbest, tbest_sd = _mean_sd([r['test_top1_best'] for r in rs])
         rows.append(
             dict(arm=arm, budget=budget, variant=variant,
                  seeds=[r['seed'] for r in rs],
                  holdout_top1=held, holdout_sd=held_sd, test_top1=test,
                  test_sd=test_sd, holdout_best=hbest, holdout_best_sd=hbest_sd,
                  test_best=tbest, test_best_sd=tbest_sd,
-                 teacher_forwards=statistics.mean(
-                     r.get('teacher_forwards', 0 if arm == 'student' else
-                           r['sample_iters']) for r in rs),
+                 teacher_forwards=statistics.mean(r['teacher_forwards']
+                                                  for r in rs),
                  samples_vs_kd=statistics.mean(r['samples_vs_kd']
                                                for r in rs),
                  capped=any(s.get('budget_capped') for r in rs
@@ -672,8 +670,10 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
     lines += ['', 'E-step (benchmarks/bench_estep.py, 1 thread; each N in a '
               'fresh process): kcd_mm\'s O(N) bank against the reference\'s '
               f'way, an N x {epochs} float32 history reduced at the E-step '
-              '(re-implemented here; not timed where the history would '
-              'exceed 4 GiB). *peak+*: memory above what was resident '
+              '(re-implemented here, then the same E-step; not timed '
+              'where the history would exceed '
+              f'{estep.get("ref_max_gib", 4):g} GiB). *peak+*: memory '
+              'above what was resident '
               'before the E-step.', '',
               '| N | kcd_mm s | kcd_mm state MiB | kcd_mm peak+ MiB | '
               'reference s | reference history MiB | reference peak+ MiB |',

@@ -23,8 +23,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+# What KCDHook writes (it imports these names; this module only reads).
 RECORD_FILE = 'kcd_stages.jsonl'
 SNAPSHOT_DIR = 'kcd_stages'
+CKPT_KEY = 'kcd_state'  # KCD's entry in a Runner checkpoint
+
+
+def snapshot_path(work_dir: str, stage: int) -> str:
+    """``<work_dir>/kcd_stages/stage_NNN.npz`` of one stage."""
+    return osp.join(work_dir, SNAPSHOT_DIR, f'stage_{stage:03d}.npz')
 
 
 # ------------------------------------------------------------- records
@@ -310,20 +317,29 @@ def build_train_dataset(config: str):
     return dataset
 
 
+def gt_labels(dataset) -> Optional[np.ndarray]:
+    """The dataset's own single-label ``get_gt_labels`` (mmpretrain) as an
+    int array, or None when it has none or it is multi-label."""
+    try:
+        labels = np.asarray(dataset.get_gt_labels())
+    except Exception:  # no such method, or ragged multi-label lists
+        return None
+    if labels.ndim != 1 or labels.dtype == object or len(labels) != len(
+            dataset):
+        return None
+    return labels.astype(np.int64)
+
+
 def dataset_labels(dataset) -> np.ndarray:
     """The class of every sample, as an int array of length ``len(dataset)``.
 
-    Uses ``get_gt_labels`` (mmpretrain) when present, else ``get_cat_ids``
-    or ``gt_label`` of each data info; only the first label of a
-    multi-label sample is used.
+    Uses :func:`gt_labels` when it gives them, else ``get_cat_ids`` or
+    ``gt_label`` of each data info; only the first label of a multi-label
+    sample is used.
     """
-    if hasattr(dataset, 'get_gt_labels'):
-        try:
-            labels = np.asarray(dataset.get_gt_labels())
-            if labels.ndim == 1 and len(labels) == len(dataset):
-                return labels.astype(np.int64)
-        except Exception:  # multi-label sets: fall through
-            pass
+    labels = gt_labels(dataset)
+    if labels is not None:
+        return labels
     out = np.empty(len(dataset), dtype=np.int64)
     for i in range(len(dataset)):
         if hasattr(dataset, 'get_cat_ids'):
@@ -332,6 +348,17 @@ def dataset_labels(dataset) -> np.ndarray:
             label = dataset.get_data_info(i)['gt_label']
         out[i] = int(np.asarray(label).reshape(-1)[0])
     return out
+
+
+def train_labels(config: str, num_samples: int):
+    """``(dataset, labels)`` of a run's training set, rebuilt from its
+    config and checked to have the run's ``num_samples`` samples."""
+    dataset = build_train_dataset(config)
+    labels = dataset_labels(dataset)
+    if len(labels) != num_samples:
+        raise ValueError(f'the dataset has {len(labels)} samples, the run '
+                         f'had {num_samples}')
+    return dataset, labels
 
 
 def class_names(dataset, num_classes: int) -> List[str]:
@@ -380,7 +407,7 @@ def read_progress(checkpoint: str) -> Optional[Dict]:
                           mmap=True)
     except RuntimeError:  # old (non-zip) format cannot be mmapped
         ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    state = ckpt.get('kcd_state') if isinstance(ckpt, dict) else None
+    state = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
     if state is None:
         return None
     kept = state.get('kept')

@@ -15,6 +15,7 @@ Everything here is plain functions so any test (or a script) can use them:
 * :func:`repo_root`, :func:`free_port` and :func:`run_tool` help tests run
   the files in ``tools/`` as a user would.
 """
+import json
 import os
 import os.path as osp
 import socket
@@ -367,3 +368,20 @@ def make_imagenet_folder(root: str,
                 for name in sorted(os.listdir(osp.join(folder, f'class_{c}'))):
                     f.write(f'class_{c}/{name} {c}\n')
     return root
+
+
+def read_jsonl(path: str) -> List[Dict]:
+    """Every line of a JSON-lines file, as written (file order)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def stage_records(work_dir: str, timings: bool = True) -> List[Dict]:
+    """``<work_dir>/kcd_stages.jsonl`` as written; ``timings=False`` drops
+    the fields that differ between identical runs (wall time, memory)."""
+    rows = read_jsonl(osp.join(work_dir, 'kcd_stages.jsonl'))
+    if not timings:
+        for row in rows:
+            row.pop('estep_seconds')
+            row.pop('peak_rss_mib')
+    return rows

@@ -12,13 +12,11 @@ config's own head settings win over), so both keep 1000 classes and the
 data has 3 of them.
 """
 import importlib.util
-import json
-import os
 import os.path as osp
 
 import pytest
 import torch
-from helpers import make_imagenet_folder, run_tool
+from helpers import make_imagenet_folder, run_tool, stage_records
 from mmengine.config import Config
 
 MMRAZOR_KD = osp.join('configs', 'distill', 'mmcls', 'kd',
@@ -138,8 +136,7 @@ def test_mmrazor_config_gains_kcd(tmp_path):
     assert f'Loads checkpoint by local backend from path: {teacher}' in out
     assert 'do not match exactly' not in out
     assert 'Saving checkpoint at 2 epochs' in out, out[-3000:]
-    with open(osp.join(work_dir, 'kcd_stages.jsonl')) as f:
-        stages = [json.loads(line) for line in f]
+    stages = stage_records(work_dir)
     assert [s['stage'] for s in stages] == [1]
     stage = stages[0]
     assert stage['num_samples'] == NUM_TRAIN

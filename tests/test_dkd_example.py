@@ -11,12 +11,10 @@ real image files and the stage record are all exercised.
 The stock ``cfg_path`` ResNets keep their 1000 classes (mmengine.hub cannot
 override the head), so the data has 3 of them.
 """
-import json
-import os
 import os.path as osp
 
 import torch.nn as nn
-from helpers import make_imagenet_folder, repo_root, run_tool
+from helpers import make_imagenet_folder, repo_root, run_tool, stage_records
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
@@ -106,8 +104,7 @@ def test_dkd_example_trains_with_kcd(tmp_path):
     assert 'Saving checkpoint at 2 epochs' in out, out[-3000:]
     # DKD (with the labels it needs) is the loss being distilled.
     assert 'distill.loss_dkd' in out, out[-3000:]
-    with open(osp.join(work_dir, 'kcd_stages.jsonl')) as f:
-        stages = [json.loads(line) for line in f]
+    stages = stage_records(work_dir)
     assert len(stages) == 1, stages
     stage = stages[0]
     assert (stage['stage'], stage['epoch']) == (1, 1)

@@ -1,19 +1,14 @@
 """KCD across 2 real processes (torchrun, gloo on CPU)."""
-import json
 import os
 import os.path as osp
 
 import pytest
 
-from helpers import free_port, make_image_folder, run_tool, write_config
+from helpers import (free_port, make_image_folder, read_jsonl, run_tool,
+                     write_config)
 from kcd_configs import tiny_kcd_config
 
 HERE = osp.dirname(osp.abspath(__file__))
-
-
-def _lines(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
 def _probed_2_rank_run(cfg, tmp_path):
@@ -28,7 +23,7 @@ def _probed_2_rank_run(cfg, tmp_path):
                PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
     run_tool(['tools/dist_train.sh', path, '2', '--work-dir', work_dir],
              env=env)
-    return [_lines(osp.join(tmp_path, f'probe_rank{r}.jsonl'))
+    return [read_jsonl(osp.join(tmp_path, f'probe_rank{r}.jsonl'))
             for r in (0, 1)]
 
 
@@ -48,7 +43,7 @@ def test_two_ranks_share_one_kcd_state(tmp_path):
     ranks = _probed_2_rank_run(tiny_kcd_config(data, max_epochs=4),
                                tmp_path)
     work_dir = str(tmp_path / 'work')
-    stages = _lines(osp.join(work_dir, 'kcd_stages.jsonl'))
+    stages = read_jsonl(osp.join(work_dir, 'kcd_stages.jsonl'))
     assert [s['stage'] for s in stages] == [1, 2, 3]  # written once
     assert [s['kept'] for s in stages] == [50, 40, 30]
     # Both ranks' samples and values reached the E-step.
@@ -108,7 +103,7 @@ def test_summary_blends_in_persistent_workers(tmp_path):
     env = dict(PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
     run_tool(['tools/train.py', path, '--work-dir', str(tmp_path / 'w')],
              env=env)
-    epochs = _lines(osp.join(tmp_path, 'blend_probe.jsonl'))
+    epochs = read_jsonl(osp.join(tmp_path, 'blend_probe.jsonl'))
     # Epoch 1: no pairs yet. Epochs 2, 3: 10 pairs, one with lam = 1.0.
     assert [(e['blended'], e['plain'], e['wrong']) for e in epochs] == [
         (0, 60, 0), (9, 41, 0), (9, 31, 0)]

@@ -30,8 +30,10 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
     osp.abspath(__file__)))))
 import kcd_mm.compat  # noqa: E402,F401,I001  isort:skip
 from kcd_mm import analysis  # noqa: E402
+from kcd_mm.condensation import rank_samples  # noqa: E402
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 TABLE = (('stage', 5, '{:d}'), ('epoch', 5, '{:d}'), ('kept', 9, '{:d}'),
          ('blended', 8, '{:d}'), ('dropped', 9, '{:d}'),
@@ -69,16 +71,12 @@ def print_stage_table(records) -> None:
 class SampleInfo:
     """Class names and file paths of samples, when the dataset is known."""
 
-    def __init__(self, dataset=None, num_samples: int = 0) -> None:
+    def __init__(self, dataset=None, labels=None) -> None:
         self.dataset = dataset
-        self.labels = self.names = None
-        if dataset is not None:
-            self.labels = analysis.dataset_labels(dataset)
-            if len(self.labels) != num_samples:
-                raise ValueError(f'the dataset has {len(self.labels)} '
-                                 f'samples, the run had {num_samples}')
-            self.names = analysis.class_names(dataset,
-                                              int(self.labels.max()) + 1)
+        self.labels = labels
+        self.names = None
+        if labels is not None:
+            self.names = analysis.class_names(dataset, int(labels.max()) + 1)
 
     def classes(self, indices):
         if self.labels is None:
@@ -105,9 +103,9 @@ STATUS_HELP = ('status: kept; kept_tail (kept, blended with a dropped '
                'a kept_tail sample); dropped')
 
 
-def print_samples(title, indices, snap, info, extra=None) -> None:
-    """A left-aligned table of samples; ``extra`` = (column, values)."""
-    status = _status(snap)
+def print_samples(title, indices, snap, status, info, extra=None) -> None:
+    """A left-aligned table of samples; ``status`` from :func:`_status`,
+    ``extra`` = (column, values)."""
     header = ['index', 'score', 'mean_value', 'status', 'class']
     if extra is not None:
         header.append(extra[0])
@@ -163,7 +161,8 @@ def main(argv=None) -> None:
     for problem in analysis.check_consistency(records, snapshots):
         print(f'warning: {problem}')
     if not snapshots:
-        print(f'\nno snapshots in {osp.join(args.work_dir, "kcd_stages")}: '
+        print(f'\nno snapshots in '
+              f'{osp.join(args.work_dir, analysis.SNAPSHOT_DIR)}: '
               'no per-sample listing')
         return
     snap = snapshots[-1]
@@ -174,21 +173,21 @@ def main(argv=None) -> None:
               '(give --config)')
     else:
         try:
-            info = SampleInfo(analysis.build_train_dataset(config),
-                              snap.num_samples)
+            info = SampleInfo(
+                *analysis.train_labels(config, snap.num_samples))
         except Exception as e:  # list the samples without them
             print(f'\ncannot build the training dataset from {config} '
                   f'({type(e).__name__}: {e}): classes and files unknown')
 
-    # Best first: descending score, ties by lower index (as the E-step).
-    order = np.lexsort((np.arange(snap.num_samples), -snap.scores))
+    order = rank_samples(torch.from_numpy(snap.scores)).numpy()  # E-step's
+    status = _status(snap)
     k = max(0, min(args.top, snap.num_samples))
     print(f'\nsamples at stage {snap.stage}, best score first; '
           f'{STATUS_HELP}')
     print_samples(f'{k} most valuable samples at stage {snap.stage}:',
-                  order[:k], snap, info)
+                  order[:k], snap, status, info)
     print_samples(f'{k} least valuable samples at stage {snap.stage}:',
-                  order[::-1][:k], snap, info)
+                  order[::-1][:k], snap, status, info)
 
     dropped = snap.dropped()
     dropped = dropped[np.lexsort((dropped, snap.scores[dropped]))]
@@ -197,7 +196,7 @@ def main(argv=None) -> None:
         dropped[:args.max_dropped]
     print_samples(
         f'{len(dropped)} samples dropped at stage {snap.stage} '
-        '(least valuable first):', shown, snap, info,
+        '(least valuable first):', shown, snap, status, info,
         extra=('since_stage', [int(since[i]) for i in shown]))
     if info.dataset is not None and len(dropped) and \
             analysis.sample_paths(info.dataset, dropped[:1]) == [None]:

@@ -202,12 +202,8 @@ def main(argv=None) -> None:
               'to rebuild the training dataset from (give --config)')
     else:
         try:
-            dataset = analysis.build_train_dataset(config)
-            labels = analysis.dataset_labels(dataset)
-            if len(labels) != snapshots[-1].num_samples:
-                raise ValueError(
-                    f'it has {len(labels)} samples, the run had '
-                    f'{snapshots[-1].num_samples}')
+            dataset, labels = analysis.train_labels(
+                config, snapshots[-1].num_samples)
         except Exception as e:  # report and go on with the other plots
             print(f'skipped kept_per_class.png: cannot build the training '
                   f'dataset from {config}: {type(e).__name__}: {e}')

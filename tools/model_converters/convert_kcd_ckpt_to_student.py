@@ -163,9 +163,9 @@ def student_config(kcd_cfg) -> dict:
     scope = student.pop('_scope_', None) or default_scope
     # The preprocessor the algorithm used: its own, else the top-level
     # one (mmengine's Runner merges it into the model), else the student's.
-    if algorithm.get('data_preprocessor') or full.get('data_preprocessor'):
-        preprocessor = algorithm.get('data_preprocessor') or full.get(
-            'data_preprocessor')
+    preprocessor = (algorithm.get('data_preprocessor')
+                    or full.get('data_preprocessor'))
+    if preprocessor:
         student['data_preprocessor'] = _preprocessor_for(
             preprocessor, algorithm.get('_scope_') or default_scope, scope,
             student.get('type'))
