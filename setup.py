@@ -1,7 +1,6 @@
 """kcd_mm: Knowledge Condensation Distillation (ECCV 2022) for MMRazor."""
 import os
 from importlib import metadata
-
 from setuptools import find_packages, setup
 
 
@@ -43,6 +42,9 @@ setup(
     packages=find_packages(include=['kcd_mm', 'kcd_mm.*']),
     python_requires='>=3.8',
     install_requires=INSTALL_REQUIRES,
-    extras_require={'tests': ['pytest', 'tensorboard']},
+    # flake8, isort: as .pre-commit-config.yaml pins them; .ci/run runs both
+    extras_require={
+        'tests': ['pytest', 'tensorboard', 'flake8==7.1.1', 'isort==5.13.2']
+    },
     license='Apache-2.0',
 )

@@ -1,20 +1,23 @@
 """kcd_mm: Knowledge Condensation Distillation (ECCV 2022) for MMRazor.
 
 ``custom_imports = dict(imports=['kcd_mm'])`` registers KCDHook, KCDSampler,
-KnowledgeSummaryDataset and ValueWeightedLoss into MMRazor's registries.
+KnowledgeSummaryDataset, ValueWeightedLoss and EpochSeedingHook into
+MMRazor's registries. docs/architecture.md maps the package.
 """
-from . import compat  # noqa: F401,I001  (must run before OpenMMLab imports)
+from . import compat  # noqa: F401  isort:skip  (before any OpenMMLab import)
 
 import mmrazor.models  # noqa: F401,E402  (registers the stock distill losses)
 
 from .dataset import KnowledgeSummaryDataset  # noqa: E402
 from .hook import KCDHook  # noqa: E402
 from .loss import ValueWeightedLoss  # noqa: E402
+from .options import KCDOptions  # noqa: E402
 from .sampler import KCDSampler  # noqa: E402
-from .state import KCDOptions, KCDState  # noqa: E402
+from .seeding import EpochSeedingHook  # noqa: E402
+from .state import KCDState  # noqa: E402
 
 __version__ = '0.1.0'
 __all__ = [
     'KCDHook', 'KCDSampler', 'KnowledgeSummaryDataset', 'ValueWeightedLoss',
-    'KCDOptions', 'KCDState'
+    'EpochSeedingHook', 'KCDOptions', 'KCDState'
 ]

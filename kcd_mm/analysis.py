@@ -1,156 +1,22 @@
-"""Read what a KCD run leaves in its work dir, for plots and inspection.
+"""Derived figures of a KCD run, for plots and inspection.
 
 ``tools/analysis/plot_kcd.py`` and ``tools/analysis/inspect_kcd.py`` are
 thin front ends to the functions here; tests check the numbers behind the
-plots through them. A KCD work dir holds
-
-* ``kcd_stages.jsonl``: one record per E-step (see :func:`read_records`);
-* ``kcd_stages/stage_NNN.npz``: who was kept, blended and dropped at each
-  stage, and every sample's score and mean knowledge value (see
-  :func:`read_snapshots`);
-* checkpoints carrying ``kcd_state`` (see :func:`read_progress`);
-* mmengine's dump of the config, from which the training dataset (labels,
-  class names, image paths) is rebuilt (see :func:`build_train_dataset`).
-
-Only :func:`build_train_dataset` and :func:`read_progress` touch
-mmengine or torch; the rest is numpy on the records.
+plots through them. What a run writes, and its readers, live in
+:mod:`kcd_mm.records`; this module derives figures from those records and
+snapshots, rebuilds the training dataset from the run's dumped config
+(labels, class names, image paths; :func:`build_train_dataset`) and reads
+KCD's progress from a checkpoint (:func:`read_progress`). Only those two
+touch mmengine or torch; the rest is numpy on the records.
 """
 import glob
-import json
 import os.path as osp
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-# What KCDHook writes (it imports these names; this module only reads).
-RECORD_FILE = 'kcd_stages.jsonl'
-SNAPSHOT_DIR = 'kcd_stages'
-CKPT_KEY = 'kcd_state'  # KCD's entry in a Runner checkpoint
-
-
-def snapshot_path(work_dir: str, stage: int) -> str:
-    """``<work_dir>/kcd_stages/stage_NNN.npz`` of one stage."""
-    return osp.join(work_dir, SNAPSHOT_DIR, f'stage_{stage:03d}.npz')
-
-
-# ------------------------------------------------------------- records
-def read_records(work_dir: str, record_file: str = RECORD_FILE) -> List[Dict]:
-    """The stage records of a run, in stage order.
-
-    Args:
-        work_dir (str): The run's work dir.
-        record_file (str): Record name in the work dir (KCDHook's
-            ``record_file``). Defaults to ``kcd_stages.jsonl``.
-
-    Returns:
-        list[dict]: One dict per E-step with ``stage``, ``epoch``,
-        ``num_samples``, ``kept``, ``blended``, ``dropped``,
-        ``sample_iters``, ``full_kd_sample_iters``, ``estep_seconds``,
-        ``value_mean``, ``value_std``, ...
-
-    Raises:
-        FileNotFoundError: no record (not a KCD work dir, or no E-step ran).
-    """
-    path = osp.join(work_dir, record_file)
-    if not osp.isfile(path):
-        raise FileNotFoundError(
-            f'{path} does not exist: {work_dir} is not the work dir of a KCD '
-            'run, or the run has not reached its first E-step yet (after '
-            'stage_epochs epochs).')
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return sorted(records, key=lambda r: r['stage'])
-
-
-@dataclass
-class StageSnapshot:
-    """One stage's condensation, as ``KCDHook`` saved it.
-
-    Attributes:
-        stage (int): 1, 2, ...
-        kept (np.ndarray): int indices of the kept samples.
-        tail (np.ndarray): kept samples blended with a dropped partner.
-        lost (np.ndarray): their partners, dropped at this stage
-            (``tail[k]`` is blended with ``lost[k]``).
-        lam (np.ndarray): blend weight of ``tail[k]``.
-        scores (np.ndarray): every sample's E-step score (length N).
-        mean_values (np.ndarray): every sample's mean knowledge value over
-            the run so far (length N).
-    """
-    stage: int
-    kept: np.ndarray
-    tail: np.ndarray
-    lost: np.ndarray
-    lam: np.ndarray
-    scores: np.ndarray
-    mean_values: np.ndarray
-
-    @property
-    def num_samples(self) -> int:
-        """N, the size of the training set."""
-        return int(self.scores.shape[0])
-
-    def kept_mask(self) -> np.ndarray:
-        """Boolean mask over the N samples: True where kept."""
-        mask = np.zeros(self.num_samples, dtype=bool)
-        mask[self.kept] = True
-        return mask
-
-    def dropped(self) -> np.ndarray:
-        """Indices of the samples not kept at this stage, ascending."""
-        return np.flatnonzero(~self.kept_mask())
-
-
-def read_snapshots(work_dir: str) -> List[StageSnapshot]:
-    """Every ``kcd_stages/stage_NNN.npz`` of a run, in stage order.
-
-    Args:
-        work_dir (str): The run's work dir.
-
-    Returns:
-        list[StageSnapshot]: Empty when the run wrote none.
-    """
-    paths = glob.glob(osp.join(work_dir, SNAPSHOT_DIR, 'stage_[0-9]*.npz'))
-    snapshots = []
-    for path in paths:
-        stage = int(osp.basename(path)[len('stage_'):-len('.npz')])
-        with np.load(path) as data:
-            snapshots.append(
-                StageSnapshot(
-                    stage=stage,
-                    **{k: data[k]
-                       for k in ('kept', 'tail', 'lost', 'lam', 'scores',
-                                 'mean_values')}))
-    return sorted(snapshots, key=lambda s: s.stage)
-
-
-def check_consistency(records: Sequence[Dict],
-                      snapshots: Sequence[StageSnapshot]) -> List[str]:
-    """Disagreements between the record and the snapshots, as sentences.
-
-    Returns:
-        list[str]: Empty when every snapshot matches its stage's record
-        (same N, kept and blended counts) and every record has a snapshot.
-    """
-    problems = []
-    by_stage = {r['stage']: r for r in records}
-    have = {s.stage for s in snapshots}
-    missing = sorted(set(by_stage) - have)
-    if missing:
-        problems.append(f'no snapshot for stage(s) {missing}')
-    for snap in snapshots:
-        rec = by_stage.get(snap.stage)
-        if rec is None:
-            problems.append(f'snapshot of stage {snap.stage} has no record')
-            continue
-        got = (snap.num_samples, len(snap.kept), len(snap.tail))
-        want = (rec['num_samples'], rec['kept'], rec['blended'])
-        if got != want:
-            problems.append(
-                f'stage {snap.stage}: snapshot has (N, kept, blended) = '
-                f'{got}, the record {want}')
-    return problems
+from .labels import dataset_labels
+from .records import CKPT_KEY, StageSnapshot
 
 
 # ------------------------------------------------------- derived figures
@@ -297,9 +163,10 @@ def build_train_dataset(config: str):
     Returns:
         The dataset (an mmengine ``BaseDataset``, fully initialised).
     """
-    import kcd_mm  # noqa: F401  (shims; KnowledgeSummaryDataset registered)
     from mmengine.config import Config
     from mmengine.registry import DATASETS, DefaultScope
+
+    import kcd_mm  # noqa: F401  (shims; KnowledgeSummaryDataset registered)
 
     cfg = Config.fromfile(config)
     ds_cfg = cfg.train_dataloader.dataset.to_dict()
@@ -315,39 +182,6 @@ def build_train_dataset(config: str):
     if hasattr(dataset, 'full_init'):
         dataset.full_init()
     return dataset
-
-
-def gt_labels(dataset) -> Optional[np.ndarray]:
-    """The dataset's own single-label ``get_gt_labels`` (mmpretrain) as an
-    int array, or None when it has none or it is multi-label."""
-    try:
-        labels = np.asarray(dataset.get_gt_labels())
-    except Exception:  # no such method, or ragged multi-label lists
-        return None
-    if labels.ndim != 1 or labels.dtype == object or len(labels) != len(
-            dataset):
-        return None
-    return labels.astype(np.int64)
-
-
-def dataset_labels(dataset) -> np.ndarray:
-    """The class of every sample, as an int array of length ``len(dataset)``.
-
-    Uses :func:`gt_labels` when it gives them, else ``get_cat_ids`` or
-    ``gt_label`` of each data info; only the first label of a multi-label
-    sample is used.
-    """
-    labels = gt_labels(dataset)
-    if labels is not None:
-        return labels
-    out = np.empty(len(dataset), dtype=np.int64)
-    for i in range(len(dataset)):
-        if hasattr(dataset, 'get_cat_ids'):
-            label = dataset.get_cat_ids(i)
-        else:
-            label = dataset.get_data_info(i)['gt_label']
-        out[i] = int(np.asarray(label).reshape(-1)[0])
-    return out
 
 
 def train_labels(config: str, num_samples: int):
@@ -400,8 +234,9 @@ def read_progress(checkpoint: str) -> Optional[Dict]:
         dict: ``epoch`` (from the checkpoint's meta), ``stage``, ``kept``
         (count), ``sample_iters``, ``full_kd_sample_iters``.
     """
-    import kcd_mm.compat  # noqa: F401  (safe-load globals)
     import torch
+
+    import kcd_mm.compat  # noqa: F401  (safe-load globals)
     try:
         ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True,
                           mmap=True)

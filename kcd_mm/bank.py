@@ -8,17 +8,23 @@ counts instead (20 bytes a sample: 26 MB at ImageNet-1k's 1.28M).
 Records go into a *local* delta first, so each rank counts only what it
 saw; :meth:`merge` folds the deltas of all ranks (summed by the caller's
 ``reduce_fn``) into the global totals, after which every rank holds the
-same totals. With ``track_latest`` it also keeps each sample's latest
-value (what InfoBatch thresholds): merged once per epoch, a delta holds one
-visit per sample, so delta_sum / delta_visits is that epoch's value.
+same totals. :meth:`merge` also returns the merged delta, from which a
+selector that needs each epoch's values (InfoBatch) keeps its own copy.
 Pure torch, no mmengine.
 """
 import math
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, NamedTuple, Optional
 
 import torch
 
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class EpochDelta(NamedTuple):
+    """What all ranks recorded since the last merge: per-sample value sums
+    and visit counts (one epoch, when merged once per epoch)."""
+    value_sum: torch.Tensor
+    visits: torch.Tensor
 
 
 class KnowledgeBank:
@@ -26,11 +32,9 @@ class KnowledgeBank:
 
     Args:
         num_samples (int): N, the size of the full training set.
-        track_latest (bool): also keep each sample's latest merged value
-            (float32, NaN until visited). Defaults to False.
     """
 
-    def __init__(self, num_samples: int, track_latest: bool = False) -> None:
+    def __init__(self, num_samples: int) -> None:
         if num_samples < 1:
             raise ValueError(f'num_samples must be >= 1, got {num_samples}')
         self.num_samples = int(num_samples)
@@ -41,9 +45,6 @@ class KnowledgeBank:
         # [sum, sum of squares, count, skipped non-finite] since last stats()
         self._moments = torch.zeros(4, dtype=torch.float64)
         self._merged_moments = torch.zeros(4, dtype=torch.float64)
-        self.latest: Optional[torch.Tensor] = None
-        if track_latest:
-            self.latest = torch.full((num_samples, ), float('nan'))
 
     def record(self, sample_idx: torch.Tensor, values: torch.Tensor) -> int:
         """Add one batch of values; non-finite ones are skipped.
@@ -77,23 +78,23 @@ class KnowledgeBank:
         ])
         return skipped
 
-    def merge(self, reduce_fn: Optional[ReduceFn] = None) -> None:
-        """Fold the local deltas (summed over ranks by ``reduce_fn``) in."""
-        delta_sum, delta_visits = self._delta_sum, self._delta_visits
-        moments = self._moments
+    def merge(self, reduce_fn: Optional[ReduceFn] = None) -> EpochDelta:
+        """Fold the local deltas (summed over ranks by ``reduce_fn``) in;
+        return the merged deltas."""
+        delta_sum = self._delta_sum.clone()
+        delta_visits = self._delta_visits.clone()
+        moments = self._moments.clone()
         if reduce_fn is not None:
-            delta_sum = reduce_fn(delta_sum.clone())
-            delta_visits = reduce_fn(delta_visits.clone())
-            moments = reduce_fn(moments.clone())
+            delta_sum = reduce_fn(delta_sum)
+            delta_visits = reduce_fn(delta_visits)
+            moments = reduce_fn(moments)
         self.value_sum += delta_sum.double()
         self.visits += delta_visits
-        if self.latest is not None:
-            seen = delta_visits > 0
-            self.latest[seen] = delta_sum[seen] / delta_visits[seen]
         self._merged_moments += moments
         self._delta_sum.zero_()
         self._delta_visits.zero_()
         self._moments.zero_()
+        return EpochDelta(delta_sum, delta_visits)
 
     def pop_stats(self) -> Dict[str, float]:
         """Mean/std/count/skipped of the values merged since the last call."""
@@ -116,8 +117,6 @@ class KnowledgeBank:
         """Bytes of per-sample state held."""
         tensors = [self.value_sum, self.visits, self._delta_sum,
                    self._delta_visits]
-        if self.latest is not None:
-            tensors.append(self.latest)
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
@@ -131,8 +130,6 @@ class KnowledgeBank:
             value_sum=self.value_sum.clone(),
             visits=self.visits.clone(),
             stage_moments=self._merged_moments.clone())
-        if self.latest is not None:
-            state['latest'] = self.latest.clone()
         return state
 
     def load_state_dict(self, state: Dict) -> None:
@@ -146,12 +143,6 @@ class KnowledgeBank:
         self.value_sum.copy_(state['value_sum'])
         self.visits.copy_(state['visits'])
         self._merged_moments.copy_(state['stage_moments'])
-        if self.latest is not None:
-            # A checkpoint without latest values (another strategy): none
-            # known yet, so the next selection keeps everything.
-            self.latest.fill_(float('nan'))
-            if state.get('latest') is not None:
-                self.latest.copy_(state['latest'])
         self._moments.zero_()
         self._delta_sum.zero_()
         self._delta_visits.zero_()

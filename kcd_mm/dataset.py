@@ -43,8 +43,9 @@ class KnowledgeSummaryDataset:
         self.dataset = dataset
         self._check_blendable(dataset)
         transforms = list(dataset.pipeline.transforms)
-        split = max((i + 1 for i, t in enumerate(transforms) if _is_loading(t)),
-                    default=0)
+        split = max(
+            (i + 1 for i, t in enumerate(transforms) if _is_loading(t)),
+            default=0)
         self._load = Compose(transforms[:split])
         self._augment = Compose(transforms[split:])
         self._fully_initialized = False

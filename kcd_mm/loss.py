@@ -14,8 +14,8 @@ the loss is ``mean(weight * per-sample loss)``, split by the rules of
 student's own CE is computed inside the student's head, out of reach, so
 it stays a plain mean over the (pruned) batch.
 """
+import functools
 import inspect
-import types
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -27,10 +27,6 @@ from .values import get_value_measure
 
 _WEIGHTINGS = ('uniform', 'value')
 _SPLITS = (None, 'vmap')
-
-
-def _forward(self, *args, **kwargs):
-    return self._compute(*args, **kwargs)
 
 
 @MODELS.register_module()
@@ -69,7 +65,8 @@ class ValueWeightedLoss(nn.Module):
         self.loss = MODELS.build(loss) if isinstance(loss, dict) else loss
         name = type(self.loss).__name__
         self.value = value
-        self.value_fn, _, self.needs_labels = get_value_measure(value)
+        self.value_fn = get_value_measure(value)
+        self.needs_labels = self.value_fn.needs_labels
         if weighting not in _WEIGHTINGS:
             raise ValueError(f'ValueWeightedLoss weighting={weighting!r}: '
                              f'choose one of {_WEIGHTINGS}.')
@@ -87,12 +84,12 @@ class ValueWeightedLoss(nn.Module):
         if len(self._params) < 2:
             raise TypeError(f'ValueWeightedLoss cannot wrap {name}: its '
                             'forward must take student and teacher logits')
-        # The distiller checks loss_forward_mappings against forward's
-        # signature: show the wrapped loss's, on this instance only.
-        fn = types.FunctionType(_forward.__code__, _forward.__globals__,
-                                'forward')
-        fn.__signature__ = inspect.signature(type(self.loss).forward)
-        self.forward = types.MethodType(fn, self)
+        # MMRazor's distiller checks loss_forward_mappings against the
+        # parameters of ``forward``: this instance's forward shows the
+        # wrapped loss's. A partial (not a closure) so deepcopy and pickle
+        # rebind it to the copy.
+        self.forward = functools.partial(ValueWeightedLoss._compute, self)
+        self.forward.__signature__ = self._sig
         self._batch: Optional[Tuple[torch.Tensor, Optional[torch.Tensor],
                                     Optional[torch.Tensor]]] = None
         self._records: List[Tuple[torch.Tensor, torch.Tensor]] = []
@@ -156,9 +153,9 @@ class ValueWeightedLoss(nn.Module):
                 raise ValueError(
                     f'value={self.value!r} needs the batch labels; add '
                     'mmrazor.KCDHook to custom_hooks (it passes them).')
+            teacher = preds_T.detach() if self.value_fn.needs_teacher else None
             with torch.no_grad():
-                values = self.value_fn(preds_S.detach(), preds_T.detach(),
-                                       labels)
+                values = self.value_fn(preds_S.detach(), teacher, labels)
         if self.training and self.record:
             if self._batch is None:
                 raise RuntimeError(
@@ -207,10 +204,10 @@ class ValueWeightedLoss(nn.Module):
             full = self.loss(*bound.args, **bound.kwargs)
         if not torch.allclose(rows.detach().mean(), full, rtol=1e-4,
                               atol=1e-6):
-            raise TypeError(
-                f'ValueWeightedLoss per_sample="vmap": {type(self.loss).__name__}'
-                f' is not a mean over samples (per-sample mean '
-                f'{float(rows.mean()):.6g} != batch loss {float(full):.6g}). '
+            raise ValueError(
+                'ValueWeightedLoss per_sample="vmap": '
+                f'{type(self.loss).__name__} is not a mean over samples '
+                f'(per-sample mean {float(rows.mean()):.6g} != batch loss '
+                f'{float(full):.6g}). '
                 'Register an exact rule with @kcd_mm.per_sample.register.')
         self._split_checked = True
-

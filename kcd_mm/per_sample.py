@@ -4,41 +4,39 @@ Value weighting needs each sample's share of a batch loss: a vector
 ``l`` of length B with ``l.mean() == loss(batch)``, differentiable like the
 loss itself. MMRazor's losses reduce inside ``forward``, so each known loss
 gets a rule here that reuses the module's own hyper-parameters. A loss with
-no rule is refused at build time (register one with :func:`register`), or
-split per sample with ``torch.func.vmap`` on request; that split is checked
-against the batch loss on the first batch. Pure torch, no mmengine.
+no rule is refused where a split is needed (register one with
+:func:`register`), or split per sample with ``torch.func.vmap`` on request;
+that split is checked against the batch loss on the first batch. Pure
+torch; the rules live in :data:`kcd_mm.registry.LOSS_SPLITS`, keyed by the
+loss's class name.
 """
-from typing import Callable, Dict
+from typing import Callable, List
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .registry import LOSS_SPLITS
+
 PerSampleFn = Callable[..., torch.Tensor]
-_RULES: Dict[str, PerSampleFn] = {}
 
 
 def register(loss_type: str) -> Callable[[PerSampleFn], PerSampleFn]:
     """Register ``fn(module, *forward_args) -> (B,)`` for a loss class name."""
-
-    def wrap(fn: PerSampleFn) -> PerSampleFn:
-        _RULES[loss_type] = fn
-        return fn
-
-    return wrap
+    return LOSS_SPLITS.register_module(name=loss_type, force=True)
 
 
 def has_rule(module: nn.Module) -> bool:
-    return type(module).__name__ in _RULES
+    return type(module).__name__ in LOSS_SPLITS
 
 
-def known_losses() -> list:
-    return sorted(_RULES)
+def known_losses() -> List[str]:
+    return sorted(LOSS_SPLITS.module_dict)
 
 
 def per_sample_loss(module: nn.Module, *args) -> torch.Tensor:
     """Per-sample losses of ``module`` on one batch (rule must exist)."""
-    return _RULES[type(module).__name__](module, *args)
+    return LOSS_SPLITS.get(type(module).__name__)(module, *args)
 
 
 def vmap_per_sample_loss(module: nn.Module, *args) -> torch.Tensor:

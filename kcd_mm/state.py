@@ -1,104 +1,26 @@
 """KCDState: the one owner of everything KCD adds to a training run.
 
-The bank, the current kept set, the summary pairs, the stage count and the
-sample-iteration count (and, for the comparison strategies, the run seed
-and InfoBatch's loss weights) live here and nowhere else; checkpoints save
-and restore exactly :meth:`KCDState.state_dict`. Pure torch, no mmengine:
-the hook wires it to the Runner.
+The bank, the current kept set and summary pairs, the stage and sample
+counts, the stage records and the selector (with whatever state only its
+strategy needs) live here and nowhere else; checkpoints save and restore
+exactly :meth:`KCDState.state_dict`. Pure torch: the hook wires it to the
+Runner.
 """
+import logging
 import time
-from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Tuple
+from dataclasses import asdict
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .bank import KnowledgeBank
-from .condensation import (Condensation, balance_classes, boundary_epochs,
-                           check_lam_range, condense, cost_aware_scores,
-                           keep_schedule, next_keep_size, rank_samples)
-from .strategies import (check_strategy, full_tail_epochs, infobatch_prune,
-                         infobatch_sizes, random_order, seeded_generator)
+from .bank import KnowledgeBank, ReduceFn
+from .condensation import Condensation
+from .options import KCDOptions
+from .records import StageRecord
+from .selection import build_selector
 
-
-@dataclass(frozen=True)
-class KCDOptions:
-    """The E-step's options (reference defaults); see docs/configuration.md.
-
-    Attributes:
-        stage_epochs: T, epochs between two E-steps (reference: 40).
-        theta: keep floor as a fraction of N (reference: 0.7).
-        num_steps: K, condensations to go from N to the floor (reference: 6).
-        score_exponent: exponent on F/T_ref in the score (reference: 0.03).
-        score_ref_epochs: T_ref; None means ``stage_epochs``.
-        lam_range: (lam_min, lam_max) of the summary blend.
-        summary: blend dropped samples into the tail (False: prune only).
-        class_min_keep: keep at least this fraction of every class (0: off,
-            the reference); needs the samples' labels.
-        strategy: how the kept set is chosen: ``'kcd'`` (the method),
-            ``'random'`` or ``'infobatch'`` (comparisons at KCD's sample
-            budget, see :mod:`kcd_mm.strategies`).
-        infobatch_full_epochs_ratio: with ``'infobatch'``, the last
-            ``ceil(ratio * max_epochs)`` epochs train on all data.
-    """
-    stage_epochs: int = 40
-    theta: float = 0.7
-    num_steps: int = 6
-    score_exponent: float = 0.03
-    score_ref_epochs: Optional[float] = None
-    lam_range: Tuple[float, float] = (0.7, 1.0)
-    summary: bool = True
-    class_min_keep: float = 0.0
-    strategy: str = 'kcd'
-    infobatch_full_epochs_ratio: float = 0.125
-
-    def __post_init__(self):
-        check_strategy(self.strategy)
-        if not isinstance(self.stage_epochs, int) or self.stage_epochs < 1:
-            raise ValueError(
-                f'KCD stage_epochs={self.stage_epochs!r} must be an integer '
-                '>= 1 (epochs between two condensations; reference: 40).')
-        if not 0.0 < float(self.theta) <= 1.0:
-            raise ValueError(
-                f'KCD theta={self.theta!r} must lie in (0, 1]: it is the '
-                'fraction of the training set kept at the end (reference: '
-                '0.7; 1.0 keeps everything).')
-        if not isinstance(self.num_steps, int) or self.num_steps < 1:
-            raise ValueError(
-                f'KCD num_steps={self.num_steps!r} must be an integer >= 1 '
-                '(condensations from N down to theta*N; reference: 6).')
-        if self.score_exponent < 0:
-            raise ValueError(
-                f'KCD score_exponent={self.score_exponent!r} must be >= 0 '
-                '(reference: 0.03; 0 ranks by mean value alone).')
-        if self.score_ref_epochs is not None and self.score_ref_epochs <= 0:
-            raise ValueError(
-                f'KCD score_ref_epochs={self.score_ref_epochs!r} must be > 0 '
-                'or None (None uses stage_epochs, as the reference does).')
-        if not 0.0 <= self.class_min_keep <= self.theta:
-            raise ValueError(
-                f'KCD class_min_keep={self.class_min_keep!r} must lie in '
-                f'[0, theta={self.theta}]: no more of a class can be kept '
-                'than of the whole set (0 turns balancing off).')
-        if self.class_min_keep > 0 and self.strategy != 'kcd':
-            raise ValueError(
-                "KCD class_min_keep applies to strategy='kcd' only, not "
-                f'{self.strategy!r}; set class_min_keep=0.')
-        if not 0.0 <= self.infobatch_full_epochs_ratio < 1.0:
-            raise ValueError(
-                'KCD infobatch_full_epochs_ratio='
-                f'{self.infobatch_full_epochs_ratio!r} must lie in [0, 1): '
-                'the fraction of final epochs on all data (InfoBatch: '
-                '0.125).')
-        object.__setattr__(self, 'lam_range', check_lam_range(self.lam_range))
-
-    @property
-    def ref_epochs(self) -> float:
-        return float(self.score_ref_epochs or self.stage_epochs)
-
-    @property
-    def blends(self) -> bool:
-        """Summary pairs are formed (only KCD's condensation has them)."""
-        return self.summary and self.strategy == 'kcd'
+#: ``kcd_state['version']``: 3 moved strategy-only state into ``selector``.
+STATE_VERSION = 3
 
 
 class KCDState:
@@ -109,8 +31,8 @@ class KCDState:
         options (KCDOptions): the E-step options.
         labels (Tensor, optional): class of each sample, needed for
             ``options.class_min_keep``.
-        seed (int): the run's seed; the random strategies draw from it
-            (saved, so a resumed run draws the same). Defaults to 0.
+        seed (int): the run's seed; random selectors draw from it (saved,
+            so a resumed run draws the same). Defaults to 0.
         max_epochs (int, optional): the run's length; needed by
             :meth:`boundaries`, :meth:`planned_sizes` and ``'infobatch'``.
         fingerprint (str, optional): identifies the training set beyond its
@@ -128,26 +50,24 @@ class KCDState:
         if options.class_min_keep > 0 and (labels is None
                                            or labels.numel() != num_samples):
             raise ValueError('class_min_keep needs one label per sample')
-        infobatch = options.strategy == 'infobatch'
-        if infobatch and max_epochs is None:
-            raise ValueError("strategy='infobatch' needs max_epochs")
         self.options = options
-        self.labels = labels
         self.num_samples = int(num_samples)
-        self.seed = int(seed)
         self.max_epochs = max_epochs
         self.fingerprint = fingerprint
-        self.bank = KnowledgeBank(num_samples, track_latest=infobatch)
+        self.selector = build_selector(options, num_samples, max_epochs,
+                                       seed, labels)
+        self.bank = KnowledgeBank(num_samples)
         self.kept: Optional[torch.Tensor] = None  # None: all N
         self.pairs: Optional[Condensation] = None
-        # InfoBatch: the kept below-mean samples and their loss weight.
-        self.upweighted: Optional[torch.Tensor] = None
-        self.loss_weight = 1.0
         self.stage = 0
         self.sample_iters = 0
         self.full_kd_sample_iters = 0
-        self.records: List[Dict] = []
+        self.records: List[StageRecord] = []
         self.last_scores: Optional[torch.Tensor] = None  # not checkpointed
+
+    @property
+    def seed(self) -> int:
+        return self.selector.seed
 
     @property
     def kept_size(self) -> int:
@@ -157,127 +77,67 @@ class KCDState:
     @property
     def budget(self) -> int:
         """KCD's total samples for the run: the sum of its keep schedule."""
-        opts = self.options
-        return sum(
-            keep_schedule(self.num_samples, opts.theta, opts.num_steps,
-                          opts.stage_epochs, self.max_epochs))
+        return self.selector.budget
 
     def boundaries(self) -> List[int]:
-        """Epochs completed at each E-step: every epoch for InfoBatch."""
-        if self.options.strategy == 'infobatch':
-            return list(range(1, self.max_epochs))
-        return boundary_epochs(self.options.stage_epochs, self.max_epochs)
+        """Epochs completed at each E-step."""
+        return self.selector.boundaries()
 
     def planned_sizes(self, start_epoch: int) -> List[int]:
         """Training-set size of each epoch from ``start_epoch`` on (ETA)."""
-        opts = self.options
-        if opts.strategy != 'infobatch':
-            return keep_schedule(self.num_samples, opts.theta, opts.num_steps,
-                                 opts.stage_epochs, self.max_epochs,
-                                 start_epoch, self.kept_size)
-        if start_epoch >= self.max_epochs:
-            return []
-        return [self.kept_size] + self._infobatch_plan(
-            start_epoch + 1, self.sample_iters + self.kept_size)
-
-    def _infobatch_plan(self, start_epoch: int, spent: int) -> List[int]:
-        return infobatch_sizes(
-            self.num_samples, self.budget, spent, start_epoch,
-            self.max_epochs,
-            full_tail_epochs(self.max_epochs,
-                             self.options.infobatch_full_epochs_ratio))
+        return self.selector.planned_sizes(start_epoch, self.kept_size,
+                                           self.sample_iters)
 
     def sample_weights(self, sample_idx: torch.Tensor
                        ) -> Optional[torch.Tensor]:
-        """InfoBatch's loss weight of each sample of a batch; None if all 1."""
-        if self.upweighted is None:
-            return None
-        weights = torch.ones(sample_idx.numel())
-        weights[self.upweighted[sample_idx.reshape(-1)]] = self.loss_weight
-        return weights
+        """The selector's loss weight of each sample; None if all 1."""
+        return self.selector.sample_weights(sample_idx)
+
+    def merge(self, reduce_fn: Optional[ReduceFn] = None) -> None:
+        """Fold this epoch's records of every rank into the bank (and show
+        them to the selector)."""
+        self.selector.observe(self.bank.merge(reduce_fn))
 
     def count_epoch(self, samples_trained: int) -> None:
         """Add one finished epoch's sample count (all ranks together)."""
         self.sample_iters += int(samples_trained)
         self.full_kd_sample_iters += self.num_samples
 
-    def estep(self, epoch: int) -> Dict:
-        """Choose the next kept set by the strategy; return the stage record.
+    def kept_and_pairs(self) -> Tuple[Optional[torch.Tensor], ...]:
+        """What :meth:`KCDSampler.set_kept` takes: the kept set, with the
+        summary pairs when they are blended."""
+        if self.pairs is None or not self.options.blends:
+            return (self.kept, )
+        return self.kept, self.pairs.tail, self.pairs.lost, self.pairs.lam
 
-        Call after ``bank.merge`` has summed every rank's records: the
+    def estep(self, epoch: int) -> StageRecord:
+        """Choose the next kept set by the selector; return the stage record.
+
+        Call after :meth:`merge` has summed every rank's records: the
         choice then depends only on the merged totals and the seed, so
         every rank computes the same kept set.
         """
         start = time.perf_counter()
-        extra = {}
-        if self.options.strategy == 'infobatch':
-            extra = self._infobatch_step(epoch)
-        else:
-            self._condense()
-        num_keep = self.kept_size
+        choice = self.selector.select(self.bank, self.kept_size,
+                                      self.stage + 1, epoch,
+                                      self.sample_iters)
+        self.pairs, self.kept = choice.pairs, choice.pairs.kept
+        self.last_scores = choice.scores
         self.stage += 1
-        record = dict(
+        record = StageRecord(
             stage=self.stage,
             epoch=int(epoch),
             num_samples=self.num_samples,
-            kept=num_keep,
+            kept=self.kept_size,
             blended=self.pairs.num_blended,
-            dropped=self.num_samples - num_keep,
+            dropped=self.num_samples - self.kept_size,
             sample_iters=self.sample_iters,
             full_kd_sample_iters=self.full_kd_sample_iters,
-            estep_seconds=time.perf_counter() - start)
-        record.update(self.bank.pop_stats())
-        record.update(extra)
+            estep_seconds=time.perf_counter() - start,
+            **self.bank.pop_stats(),
+            extra=choice.extra)
         self.records.append(record)
         return record
-
-    def _condense(self) -> None:
-        """KCD's condensation; ``'random'`` ranks by a seeded permutation
-        (no summary), so it keeps exactly KCD's sizes."""
-        opts = self.options
-        scores = cost_aware_scores(self.bank.value_sum, self.bank.visits,
-                                   opts.score_exponent, opts.ref_epochs)
-        self.last_scores = scores.float()  # snapshot, whatever ranks
-        current = self.kept_size
-        num_keep = next_keep_size(self.num_samples, current, opts.theta,
-                                  opts.num_steps)
-        if opts.strategy == 'random':
-            order = random_order(self.num_samples,
-                                 seeded_generator(self.seed, self.stage + 1))
-        else:
-            order = rank_samples(scores)
-        if opts.class_min_keep > 0:
-            order = balance_classes(order, num_keep, self.labels,
-                                    opts.class_min_keep)
-        self.pairs = condense(order, current, num_keep, opts.lam_range,
-                              opts.blends)
-        self.kept = self.pairs.kept
-
-    def _infobatch_step(self, epoch: int) -> Dict:
-        """Select epoch ``epoch``'s samples (0-based: ``epoch`` epochs done)
-        so the run ends on KCD's budget; return the record's extra fields.
-        """
-        target = self._infobatch_plan(epoch, self.sample_iters)[0]
-        full = target >= self.num_samples
-        prune = None
-        if not full:
-            prune = infobatch_prune(self.bank.latest, target,
-                                    seeded_generator(self.seed, epoch))
-        self.kept = torch.arange(self.num_samples) if full else prune.kept
-        weighted = prune is not None and prune.weight != 1.0
-        self.upweighted = prune.upweighted if weighted else None
-        self.loss_weight = prune.weight if weighted else 1.0
-        self.last_scores = self.bank.latest.clone()  # what it thresholds
-        empty = torch.zeros(0, dtype=torch.int64)
-        self.pairs = Condensation(
-            kept=self.kept, tail=empty, lost=empty, lam=torch.zeros(0))
-        return dict(
-            target=target,
-            prune_ratio=0.0 if full else prune.ratio,
-            loss_weight=self.loss_weight,
-            below_mean=0 if full else prune.below_mean,
-            budget=self.budget,
-            budget_capped=bool(prune is not None and prune.capped))
 
     def state_dict(self) -> Dict:
         """Everything needed to continue the run exactly."""
@@ -288,27 +148,31 @@ class KCDState:
                 for k, v in asdict(self.pairs).items() if k != 'kept'
             }
         return dict(
-            version=2,
+            version=STATE_VERSION,
             options=asdict(self.options),
             num_samples=self.num_samples,
             fingerprint=self.fingerprint,
             seed=self.seed,
-            upweighted=None
-            if self.upweighted is None else self.upweighted.clone(),
-            loss_weight=self.loss_weight,
+            selector=dict(
+                type=self.options.strategy,
+                state=self.selector.state_dict()),
             bank=self.bank.state_dict(),
             kept=None if self.kept is None else self.kept.clone(),
             pairs=pairs,
             stage=self.stage,
             sample_iters=self.sample_iters,
             full_kd_sample_iters=self.full_kd_sample_iters,
-            records=[dict(r) for r in self.records])
+            records=[r.as_dict() for r in self.records])
 
-    def load_state_dict(self, state: Dict) -> None:
-        """Restore a saved state; the dataset size must match.
+    def load_state_dict(self, state: Dict,
+                        log: Optional[Callable[[int, str], None]] = None
+                        ) -> None:
+        """Restore a saved state; the dataset must match.
 
         Options are not restored: the caller's (possibly changed) options
         apply from the next E-step on, and the caller logs the difference.
+        The selector's own state is restored only under the same strategy;
+        ``log(level, message)`` hears when it is dropped.
         """
         if int(state['num_samples']) != self.num_samples:
             raise ValueError(
@@ -326,6 +190,7 @@ class KCDState:
                 'samples by position, so they would land on the wrong '
                 'images. Resume with the same dataset, or start a new run '
                 '(load_from= instead of resume).')
+        state = upgrade_state(state)
         self.bank.load_state_dict(state['bank'])
         self.kept = state['kept']
         pairs = state['pairs']
@@ -334,8 +199,35 @@ class KCDState:
         self.stage = int(state['stage'])
         self.sample_iters = int(state['sample_iters'])
         self.full_kd_sample_iters = int(state['full_kd_sample_iters'])
-        self.records = [dict(r) for r in state['records']]
-        # Version 1 (before the comparison strategies) has none of these.
-        self.seed = int(state.get('seed', self.seed))
-        self.upweighted = state.get('upweighted')
-        self.loss_weight = float(state.get('loss_weight', 1.0))
+        self.records = [StageRecord.from_dict(r) for r in state['records']]
+        self.selector.seed = int(state.get('seed', self.seed))
+        selector = state['selector']
+        if selector['type'] == self.options.strategy:
+            self.selector.load_state_dict(selector['state'])
+        elif selector['state'] and log is not None:
+            log(logging.WARNING,
+                f"KCD: the checkpoint was written with strategy="
+                f"{selector['type']!r}; its own state (e.g. loss weights) "
+                f'is dropped, strategy={self.options.strategy!r} starts '
+                'its own from here.')
+
+
+def upgrade_state(state: Dict) -> Dict:
+    """A saved ``kcd_state`` in the current layout (version 3).
+
+    Versions 1-2 kept InfoBatch's loss weights at the top level and its
+    latest values in the bank; they move into ``selector``.
+    """
+    if int(state.get('version', 1)) >= STATE_VERSION:
+        return state
+    state = dict(state)
+    bank = dict(state['bank'])
+    latest = bank.pop('latest', None)
+    strategy = state.get('options', {}).get('strategy', 'kcd')
+    own = {}
+    if strategy == 'infobatch':
+        own = dict(latest=latest, upweighted=state.get('upweighted'),
+                   loss_weight=float(state.get('loss_weight', 1.0)))
+    state.update(bank=bank, selector=dict(type=strategy, state=own),
+                 version=STATE_VERSION)
+    return state

@@ -1,8 +1,9 @@
-"""The selection strategies KCD is compared with, at KCD's own sample budget.
+"""The math of the strategies KCD is compared with, at KCD's sample budget.
 
-``KCDHook(strategy=...)`` picks how the kept set is chosen. ``'kcd'`` is
-the E-step of :mod:`kcd_mm.condensation`; the other two are what a user
-runs next to it, spending exactly KCD's samples (``keep_schedule``):
+``KCDHook(strategy=...)`` picks how the kept set is chosen (the selectors
+of :mod:`kcd_mm.selection`). ``'kcd'`` is the E-step of
+:mod:`kcd_mm.condensation`; the other two are what a user runs next to it,
+spending exactly KCD's samples (``keep_schedule``):
 
 * ``'random'``: at each E-step a uniformly random subset of all N samples
   of KCD's next size n_{t+1}: the floor any selection has to beat.
@@ -21,19 +22,6 @@ from dataclasses import dataclass
 from typing import List
 
 import torch
-
-STRATEGIES = ('kcd', 'random', 'infobatch')
-
-
-def check_strategy(strategy: str) -> str:
-    """Return ``strategy`` if known, else a ValueError naming the option."""
-    if strategy not in STRATEGIES:
-        raise ValueError(
-            f'KCD strategy={strategy!r} is unknown: choose one of '
-            f'{STRATEGIES} (kcd: value-ranked condensation, the method; '
-            'random: random subsets of KCD\'s sizes; infobatch: InfoBatch '
-            'pruning at KCD\'s sample budget).')
-    return strategy
 
 
 def seeded_generator(seed: int, step: int) -> torch.Generator:

@@ -5,17 +5,34 @@ to one non-negative-ish value per sample; higher means the student has
 absorbed less of the teacher's knowledge on that sample, so it is worth
 keeping. All use ``log_softmax`` so an underflowed probability never gives
 ``0 * log 0 = NaN`` (the reference's ``p * log(p)`` does). Pure torch, no
-gradients, no mmengine.
+gradients; each is registered in :data:`kcd_mm.registry.VALUE_MEASURES`
+under the name ``ValueWeightedLoss(value=...)`` takes.
 """
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-ValueFn = Callable[[torch.Tensor, Optional[torch.Tensor],
-                    Optional[torch.Tensor]], torch.Tensor]
+from .registry import VALUE_MEASURES
 
 
+def value_measure(name: str, needs_teacher: bool, needs_labels: bool
+                  ) -> Callable[[Callable], Callable]:
+    """Register ``fn(preds_S, preds_T, labels) -> (B,)`` under ``name``.
+
+    ``needs_teacher`` / ``needs_labels`` tell the caller which inputs to
+    gather; a measure that needs neither is given None for both.
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        fn.needs_teacher = needs_teacher
+        fn.needs_labels = needs_labels
+        return VALUE_MEASURES.register_module(name=name)(fn)
+
+    return wrap
+
+
+@value_measure('entropy', needs_teacher=False, needs_labels=False)
 def student_entropy(preds_S: torch.Tensor,
                     preds_T: Optional[torch.Tensor] = None,
                     labels: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -24,6 +41,7 @@ def student_entropy(preds_S: torch.Tensor,
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
+@value_measure('teacher_kl', needs_teacher=True, needs_labels=False)
 def teacher_student_kl(preds_S: torch.Tensor,
                        preds_T: Optional[torch.Tensor] = None,
                        labels: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -33,6 +51,7 @@ def teacher_student_kl(preds_S: torch.Tensor,
     return (log_t.exp() * (log_t - log_s)).sum(dim=1)
 
 
+@value_measure('ce', needs_teacher=False, needs_labels=True)
 def label_cross_entropy(preds_S: torch.Tensor,
                         preds_T: Optional[torch.Tensor] = None,
                         labels: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -40,6 +59,7 @@ def label_cross_entropy(preds_S: torch.Tensor,
     return F.cross_entropy(preds_S.float(), labels, reduction='none')
 
 
+@value_measure('margin', needs_teacher=True, needs_labels=True)
 def teacher_student_margin(
         preds_S: torch.Tensor,
         preds_T: Optional[torch.Tensor] = None,
@@ -51,19 +71,12 @@ def teacher_student_margin(
     return (p_t - p_s).squeeze(1)
 
 
-#: name -> (function, needs teacher logits, needs labels)
-VALUE_MEASURES: Dict[str, tuple] = {
-    'entropy': (student_entropy, False, False),
-    'teacher_kl': (teacher_student_kl, True, False),
-    'ce': (label_cross_entropy, False, True),
-    'margin': (teacher_student_margin, True, True),
-}
-
-
-def get_value_measure(name: str) -> tuple:
-    """Look a measure up by name, with an error that lists the choices."""
-    if name not in VALUE_MEASURES:
+def get_value_measure(name: str) -> Callable:
+    """The registered measure ``name``, with an error listing the choices."""
+    fn = VALUE_MEASURES.get(name) if isinstance(name, str) else None
+    if fn is None:
         raise ValueError(
             f'Unknown knowledge value measure value={name!r}. Choose one of '
-            f'{sorted(VALUE_MEASURES)} (the reference uses "entropy").')
-    return VALUE_MEASURES[name]
+            f'{sorted(VALUE_MEASURES.module_dict)} (the reference uses '
+            '"entropy").')
+    return fn

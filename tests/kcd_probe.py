@@ -8,10 +8,15 @@ import json
 import os.path as osp
 
 import torch
-
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmrazor.registry import HOOKS
+
+
+def _upweighted(state):
+    """InfoBatch's up-weighted samples (None for other selectors)."""
+    mask = getattr(state.selector, 'upweighted', None)
+    return None if mask is None else torch.nonzero(mask).flatten().tolist()
 
 
 def _key(item):
@@ -49,8 +54,7 @@ class KCDProbeHook(Hook):
                 tail=None if pairs is None else pairs.tail.tolist(),
                 lost=None if pairs is None else pairs.lost.tolist(),
                 visits=state.bank.visits.tolist(),
-                upweighted=None if state.upweighted is None else
-                torch.nonzero(state.upweighted).flatten().tolist(),
+                upweighted=_upweighted(state),
                 sample_iters=state.sample_iters))
 
     def after_train(self, runner) -> None:

@@ -9,7 +9,9 @@ Works for distillation configs (the student is evaluated; the checkpoint
 holds the whole algorithm, as saved by ``tools/train.py``) and for plain
 mmpretrain configs. ``CHECKPOINT`` may be ``none`` to test the weights the
 config itself loads (``init_cfg``/``teacher_ckpt``). Multi-process runs go
-through ``tools/dist_test.sh`` or ``tools/slurm_test.sh``.
+through ``tools/dist_test.sh`` or ``tools/slurm_test.sh``; mmengine's Runner
+starts the process group from ``cfg.launcher`` (gloo without CUDA, see
+``kcd_mm.compat``). Shared helpers are in ``tools/tool_utils.py``.
 """
 import argparse
 import os.path as osp
@@ -19,10 +21,10 @@ import sys
 # mmrazor. Make the repository importable when kcd_mm is not installed.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import kcd_mm.compat  # noqa: E402,F401,I001  isort:skip
-import kcd_mm  # noqa: E402,F401  registers kcd_mm's modules
-from kcd_mm import launch  # noqa: E402
-
 from mmengine.config import Config, DictAction  # noqa: E402
+
+import kcd_mm  # noqa: E402,F401  registers kcd_mm's modules
+import tool_utils  # noqa: E402  tools/tool_utils.py, a sibling
 
 
 def parse_args(argv=None):
@@ -44,11 +46,11 @@ def parse_args(argv=None):
         help='override config settings, KEY=VALUE pairs merged into the '
         'config; a list is written key="[a,b]" or key=a,b, nested '
         'lists/tuples key="[(a,b),(c,d)]" (quotes needed, no spaces)')
-    launch.add_launcher_args(parser)
+    tool_utils.add_launcher_args(parser)
     args = parser.parse_args(argv)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         parser.error('--out must be a .pkl or .pickle file')
-    launch.set_local_rank_env(args.local_rank)
+    tool_utils.set_local_rank_env(args.local_rank)
     return args
 
 
@@ -58,7 +60,7 @@ def main(argv=None):
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    launch.resolve_work_dir(cfg, args.config, args.work_dir)
+    tool_utils.resolve_work_dir(cfg, args.config, args.work_dir)
     if args.checkpoint.lower() == 'none':
         cfg.load_from = None
     else:
@@ -69,18 +71,20 @@ def main(argv=None):
     if str(test_cfg.get('type', '')).endswith('PTQLoop'):
         # MMRazor's quantization test loop: evaluate only, no calibration.
         cfg.test_cfg.only_val = True
-    launch.setup_launcher(cfg, args.launcher)
+    # mmengine's Runner initialises distribution from cfg.launcher
+    # (with gloo on a machine without CUDA: kcd_mm.compat).
+    cfg.launcher = args.launcher
 
-    runner = launch.build_runner(cfg)
+    runner = tool_utils.build_runner(cfg)
     if args.out is not None:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(
             DumpResults(out_file_path=args.out))
     runner.test()
     # Drop the Runner (its DDP wrapper holds the process group) before the
-    # group is torn down; see launch.destroy_process_group.
+    # group is torn down; see tool_utils.destroy_process_group.
     del runner
-    launch.destroy_process_group()
+    tool_utils.destroy_process_group()
 
 
 if __name__ == '__main__':

@@ -8,8 +8,11 @@ Usage::
 
 ``--resume`` alone resumes from the work dir's latest checkpoint; with a
 path it resumes from that checkpoint. Multi-process runs go through
-``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``; without
-CUDA they fall back to a gloo process group (see ``kcd_mm/launch.py``).
+``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``: the tool sets
+``cfg.launcher`` and mmengine's Runner starts the process group; without
+CUDA it is a gloo group on the CPU (``kcd_mm.compat`` adapts mmengine's
+launcher and DDP wrapping). The shared argument and Runner helpers are in
+``tools/tool_utils.py``.
 """
 import argparse
 import logging
@@ -20,12 +23,12 @@ import sys
 # mmrazor. Make the repository importable when kcd_mm is not installed.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import kcd_mm.compat  # noqa: E402,F401,I001  isort:skip
-import kcd_mm  # noqa: E402,F401  registers kcd_mm's modules
-from kcd_mm import launch  # noqa: E402
-
 import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
+
+import kcd_mm  # noqa: E402,F401  registers kcd_mm's modules
+import tool_utils  # noqa: E402  tools/tool_utils.py, a sibling
 
 
 def parse_args(argv=None):
@@ -59,9 +62,9 @@ def parse_args(argv=None):
         help='override config settings, KEY=VALUE pairs merged into the '
         'config; a list is written key="[a,b]" or key=a,b, nested '
         'lists/tuples key="[(a,b),(c,d)]" (quotes needed, no spaces)')
-    launch.add_launcher_args(parser)
+    tool_utils.add_launcher_args(parser)
     args = parser.parse_args(argv)
-    launch.set_local_rank_env(args.local_rank)
+    tool_utils.set_local_rank_env(args.local_rank)
     return args
 
 
@@ -149,20 +152,22 @@ def main(argv=None):
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    launch.resolve_work_dir(cfg, args.config, args.work_dir)
+    tool_utils.resolve_work_dir(cfg, args.config, args.work_dir)
     if args.amp:
         enable_amp(cfg)
     if args.auto_scale_lr:
         enable_auto_scale_lr(cfg)
     set_resume(cfg, args.resume)
-    launch.setup_launcher(cfg, args.launcher)
+    # mmengine's Runner initialises distribution from cfg.launcher
+    # (with gloo on a machine without CUDA: kcd_mm.compat).
+    cfg.launcher = args.launcher
 
-    runner = launch.build_runner(cfg)
+    runner = tool_utils.build_runner(cfg)
     runner.train()
     # Drop the Runner (its DDP wrapper holds the process group) before the
-    # group is torn down; see launch.destroy_process_group.
+    # group is torn down; see tool_utils.destroy_process_group.
     del runner
-    launch.destroy_process_group()
+    tool_utils.destroy_process_group()
 
 
 if __name__ == '__main__':

@@ -29,11 +29,13 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
     osp.abspath(__file__)))))
 import kcd_mm.compat  # noqa: E402,F401,I001  isort:skip
-from kcd_mm import analysis  # noqa: E402
-from kcd_mm.condensation import rank_samples  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from kcd_mm import analysis  # noqa: E402
+from kcd_mm.condensation import rank_samples  # noqa: E402
+from kcd_mm.records import (RECORD_FILE, SNAPSHOT_DIR,  # noqa: E402
+                            check_consistency, read_records, read_snapshots)
 
 TABLE = (('stage', 5, '{:d}'), ('epoch', 5, '{:d}'), ('kept', 9, '{:d}'),
          ('blended', 8, '{:d}'), ('dropped', 9, '{:d}'),
@@ -137,14 +139,14 @@ def parse_args(argv=None):
                         help='write every dropped sample to this CSV file')
     parser.add_argument('--config', help='config to rebuild the training '
                         'dataset from (default: the one in WORK_DIR)')
-    parser.add_argument('--record-file', default=analysis.RECORD_FILE,
+    parser.add_argument('--record-file', default=RECORD_FILE,
                         help="KCDHook's record_file")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    records = analysis.read_records(args.work_dir, args.record_file)
+    records = read_records(args.work_dir, args.record_file)
     print(f'KCD run in {args.work_dir}: {len(records)} stage(s), '
           f'N = {records[-1]["num_samples"] if records else "?"}\n')
     print_stage_table(records)
@@ -157,12 +159,12 @@ def main(argv=None) -> None:
               f'{done} samples trained on, plain KD {kd} '
               f'({100 * done / max(kd, 1):.1f}%)')
 
-    snapshots = analysis.read_snapshots(args.work_dir)
-    for problem in analysis.check_consistency(records, snapshots):
+    snapshots = read_snapshots(args.work_dir)
+    for problem in check_consistency(records, snapshots):
         print(f'warning: {problem}')
     if not snapshots:
         print(f'\nno snapshots in '
-              f'{osp.join(args.work_dir, analysis.SNAPSHOT_DIR)}: '
+              f'{osp.join(args.work_dir, SNAPSHOT_DIR)}: '
               'no per-sample listing')
         return
     snap = snapshots[-1]

@@ -27,14 +27,16 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
     osp.abspath(__file__)))))
 import kcd_mm.compat  # noqa: E402,F401,I001  isort:skip
-from kcd_mm import analysis  # noqa: E402
-
 import matplotlib  # noqa: E402
+
+from kcd_mm import analysis  # noqa: E402
+from kcd_mm.records import (RECORD_FILE, SNAPSHOT_DIR,  # noqa: E402
+                            check_consistency, read_records, read_snapshots)
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 KEPT_COLOR, BLEND_COLOR, DROP_COLOR = '#2b7bba', '#f2a93b', '#c8553d'
 MAX_CLASS_BARS = 30  # above this, per-class fractions are drawn sorted
@@ -168,7 +170,7 @@ def parse_args(argv=None):
                         '(default: WORK_DIR/kcd_plots)')
     parser.add_argument('--config', help='config to rebuild the training '
                         'dataset from (default: the one in WORK_DIR)')
-    parser.add_argument('--record-file', default=analysis.RECORD_FILE,
+    parser.add_argument('--record-file', default=RECORD_FILE,
                         help="KCDHook's record_file")
     return parser.parse_args(argv)
 
@@ -177,9 +179,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = args.out or osp.join(args.work_dir, 'kcd_plots')
     os.makedirs(out, exist_ok=True)
-    records = analysis.read_records(args.work_dir, args.record_file)
-    snapshots = analysis.read_snapshots(args.work_dir)
-    for problem in analysis.check_consistency(records, snapshots):
+    records = read_records(args.work_dir, args.record_file)
+    snapshots = read_snapshots(args.work_dir)
+    for problem in check_consistency(records, snapshots):
         print(f'warning: {problem}')
     written = []
 
@@ -191,7 +193,7 @@ def main(argv=None) -> None:
         plot_values(snapshots, records, target('value_distribution.png'))
     else:
         print(f'skipped value_distribution.png: no snapshots in '
-              f'{osp.join(args.work_dir, analysis.SNAPSHOT_DIR)}')
+              f'{osp.join(args.work_dir, SNAPSHOT_DIR)}')
     plot_fractions(records, target('kept_blended_dropped.png'))
 
     config = args.config or analysis.find_config(args.work_dir)

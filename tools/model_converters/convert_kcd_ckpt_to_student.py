@@ -25,7 +25,6 @@ model built from that config, key for key.
 """
 import argparse
 import copy
-import importlib.util
 import os
 import os.path as osp
 import sys
@@ -33,6 +32,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
     osp.abspath(__file__)))))
 import kcd_mm.compat  # noqa: E402,F401,I001  isort:skip
+from kcd_mm.export import extract  # noqa: E402
 
 STUDENT_PREFIX = 'architecture'
 # Runtime settings carried over unchanged from the distillation config.
@@ -42,18 +42,6 @@ EVAL_KEYS = ('val_dataloader', 'val_evaluator', 'test_dataloader',
              'test_evaluator')
 # Hooks of default_hooks that only make sense while training.
 TRAIN_ONLY_HOOKS = ('param_scheduler', 'sampler_seed')
-
-
-def _extract_tool():
-    """``extract_state_dict.extract``, the checkpoint-slimming tool's core
-    (it keeps one prefix of the state dict, strips it, keeps the meta)."""
-    path = osp.join(osp.dirname(osp.abspath(__file__)),
-                    'extract_state_dict.py')
-    spec = importlib.util.spec_from_file_location('kcd_extract_state_dict',
-                                                  path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.extract
 
 
 def _resolve_cfg_path(student: dict) -> dict:
@@ -237,7 +225,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    count = _extract_tool()(args.src, args.dst, prefix=STUDENT_PREFIX)
+    count = extract(args.src, args.dst, prefix=STUDENT_PREFIX)
     print(f'{count} student tensors from {args.src} -> {args.dst}')
     if args.config:
         cfg = write_student_config(args.config, args.out_config)

@@ -14,47 +14,9 @@ Usage::
 checkpoint so that it can serve as a plain classifier.
 """
 import argparse
-import os
-import os.path as osp
-from collections import OrderedDict
 
 import kcd_mm.compat  # noqa: F401  (stack shims, incl. safe-load globals)
-import torch
-
-
-def extract(src: str, dst: str, prefix: str = '') -> int:
-    """Write the weights of checkpoint ``src`` to ``dst``.
-
-    Returns:
-        int: the number of tensors written.
-    """
-    ckpt = torch.load(src, map_location='cpu', weights_only=True)
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not state:
-        raise ValueError(f'{src} holds no state dict')
-    if prefix:
-        head = prefix.rstrip('.') + '.'
-        state = OrderedDict((k[len(head):], v) for k, v in state.items()
-                            if k.startswith(head))
-        if not state:
-            raise ValueError(f'no key of {src} starts with {head!r}')
-    out = {'state_dict': OrderedDict((k, v.detach().clone().cpu())
-                                     for k, v in state.items())}
-    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
-    if isinstance(meta, dict):
-        # Keep the plain, informative parts only.
-        keep = {k: meta[k] for k in ('epoch', 'iter', 'seed', 'dataset_meta',
-                                     'mmengine_version', 'time')
-                if k in meta}
-        keep['source'] = osp.basename(src)
-        out['meta'] = keep
-    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
-    tmp = dst + '.part'
-    torch.save(out, tmp)
-    # Check the result loads with the safe loader before publishing it.
-    torch.load(tmp, map_location='cpu', weights_only=True)
-    os.replace(tmp, dst)
-    return len(out['state_dict'])
+from kcd_mm.export import extract
 
 
 def main() -> None:

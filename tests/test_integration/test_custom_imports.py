@@ -16,8 +16,10 @@ import os.path as osp
 
 import pytest
 import torch
-from helpers import make_imagenet_folder, run_tool, stage_records
 from mmengine.config import Config
+
+from kcd_mm.testing import make_imagenet_folder
+from helpers import run_tool, stage_records
 
 MMRAZOR_KD = osp.join('configs', 'distill', 'mmcls', 'kd',
                       'kd_logits_resnet34_resnet18_8xb32_in1k.py')

@@ -15,12 +15,12 @@ from typing import Any, Dict, List
 
 import pytest
 import torch.nn as nn
-from helpers import repo_root
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from mmengine.utils import import_modules_from_strings
 
 from kcd_mm import KCDHook, ValueWeightedLoss
+from helpers import repo_root
 
 CONFIG_ROOT = osp.join(repo_root(), 'configs')
 KD_CONFIGS = sorted(glob.glob(osp.join(CONFIG_ROOT, 'kd', '*.py')))
@@ -218,7 +218,8 @@ def test_kcd_pieces_build(path):
     ]
     assert len([m for m in kcd_losses if m.record]) == 1
     kd_model = _build(_twin(path))
-    assert not any(isinstance(m, ValueWeightedLoss) for m in kd_model.modules())
+    assert not any(
+        isinstance(m, ValueWeightedLoss) for m in kd_model.modules())
     kd_losses = kd_model.distiller.distill_losses
     kcd_model_losses = _build(path).distiller.distill_losses
     assert set(kd_losses.keys()) == set(kcd_model_losses.keys())

@@ -4,14 +4,13 @@ import os
 import os.path as osp
 
 import numpy as np
-
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from helpers import make_image_folder, run_tool, stage_records, write_config
-from kcd_configs import tiny_kcd_config
+from kcd_mm.testing import make_image_folder, tiny_kcd_config, write_config
+from helpers import run_tool, stage_records
 
 N, BATCH = 60, 8
 

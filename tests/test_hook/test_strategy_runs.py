@@ -9,10 +9,10 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from helpers import make_image_folder, stage_records
-from kcd_configs import tiny_kcd_config
-from kcd_mm.analysis import snapshot_path
 from kcd_mm.condensation import keep_schedule
+from kcd_mm.records import snapshot_path
+from kcd_mm.testing import make_image_folder, tiny_kcd_config
+from helpers import stage_records
 
 N, EPOCHS = 60, 8
 SCHEDULE = dict(max_epochs=EPOCHS, theta=0.8, num_steps=2)
@@ -25,6 +25,12 @@ BUDGET = sum(SIZES)
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('strategy_data')
     return make_image_folder(str(root), num_images=N, num_classes=3, size=16)
+
+
+def _upweighted(state):
+    """InfoBatch's up-weighted mask (None for other selectors)."""
+    mask = getattr(state.selector, 'upweighted', None)
+    return None if mask is None else mask.clone()
 
 
 def _logits(recorders) -> torch.Tensor:
@@ -53,8 +59,7 @@ class LossProbe(Hook):
                 student=_logits(distiller.student_recorders),
                 teacher=_logits(distiller.teacher_recorders),
                 loss=float(outputs['distill.loss_kl']),
-                upweighted=None if state.upweighted is None else
-                state.upweighted.clone()))
+                upweighted=_upweighted(state)))
 
 
 def _run(data_root, work_dir, probe=None, resume_from=None, **kwargs):
@@ -169,7 +174,8 @@ def test_infobatch_resumes_exactly(data_root, infobatch_run, tmp_path):
     assert _records(resumed) == _records(work_dir)
     a, b = _final_state(resumed), _final_state(work_dir)
     assert torch.equal(a['kept'], b['kept'])
-    assert torch.equal(a['bank']['latest'], b['bank']['latest'])
+    assert torch.equal(a['selector']['state']['latest'],
+                       b['selector']['state']['latest'])
     assert a['sample_iters'] == b['sample_iters'] == BUDGET
 
 

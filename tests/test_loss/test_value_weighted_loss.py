@@ -2,11 +2,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from mmrazor.registry import MODELS as _MODELS
 
 import kcd_mm  # noqa: F401  (compat + registration)
 from kcd_mm import per_sample
 from kcd_mm.values import get_value_measure, student_entropy
-from mmrazor.registry import MODELS as _MODELS
 
 B, C = 12, 7
 WRAPPED = [
@@ -116,7 +116,7 @@ def test_vmap_split_checked_on_first_batch():
     bad = _wrap(dict(type='KLDivergence', reduction='sum'),
                 per_sample='vmap', weighting='value')
     bad.set_batch(torch.arange(B), y)
-    with pytest.raises(TypeError, match='not a mean over samples'):
+    with pytest.raises(ValueError, match='not a mean over samples'):
         bad(s, t)
 
 
@@ -134,12 +134,12 @@ def test_value_measures_are_stable_and_meaningful():
     big = torch.tensor([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]])
     teacher = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     labels = torch.tensor([0, 1])
-    ent = get_value_measure('entropy')[0](big)
+    ent = get_value_measure('entropy')(big)
     assert torch.isfinite(ent).all()  # p*log(p) of an underflow is not NaN
     assert ent[0] < 1e-6 and torch.isclose(ent[1], torch.log(torch.tensor(3.)))
-    kl = get_value_measure('teacher_kl')[0](big, teacher)
+    kl = get_value_measure('teacher_kl')(big, teacher)
     assert torch.isfinite(kl).all() and kl[1] == 0
-    ce = get_value_measure('ce')[0](big, None, labels)
+    ce = get_value_measure('ce')(big, None, labels)
     assert torch.allclose(ce, F.cross_entropy(big, labels, reduction='none'))
-    margin = get_value_measure('margin')[0](big, teacher, labels)
+    margin = get_value_measure('margin')(big, teacher, labels)
     assert margin[0] < 0 and abs(float(margin[1])) < 1e-6

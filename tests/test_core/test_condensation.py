@@ -97,6 +97,7 @@ def test_estep_fast_at_imagenet_scale():
 
 def test_class_balance_keeps_a_minimum_of_every_class():
     from kcd_mm.condensation import balance_classes
+
     # 10 samples ranked 0..9; class 1 = {6, 7, 8, 9} all below a cut at 6.
     order = torch.arange(10)
     labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])

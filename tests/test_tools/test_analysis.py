@@ -10,10 +10,12 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import make_image_folder, run_tool, stage_records, write_config
-from kcd_configs import tiny_kcd_config
 
 from kcd_mm import analysis
+from kcd_mm.labels import dataset_labels
+from kcd_mm.records import check_consistency, read_records, read_snapshots
+from kcd_mm.testing import make_image_folder, tiny_kcd_config, write_config
+from helpers import run_tool, stage_records
 
 N, BATCH, CLASSES, EPOCHS = 60, 8, 3, 4
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -90,7 +92,7 @@ def test_plot_kcd_without_dataset_skips_only_the_class_plot(
     assert [osp.basename(p) for p in written] == sorted(
         set(PLOTS) - {'kept_per_class.png'})
     # Many classes: drawn as sorted curves instead of bars.
-    snapshots = analysis.read_snapshots(work_dir)
+    snapshots = read_snapshots(work_dir)
     labels = np.arange(N) % 40
     fractions = analysis.per_class_kept_fractions(labels, snapshots, 40)
     path = str(tmp_path / 'many.png')
@@ -102,7 +104,7 @@ def test_plot_kcd_without_dataset_skips_only_the_class_plot(
 
 def test_numbers_behind_the_plots_match_the_record(run):
     work_dir, _ = run
-    records = analysis.read_records(work_dir)
+    records = read_records(work_dir)
     assert records == stage_records(work_dir)
     assert [r['kept'] for r in records] == [50, 40, 30]
 
@@ -133,13 +135,13 @@ def test_numbers_behind_the_plots_match_the_record(run):
 
 def test_snapshots_and_per_class_kept_fractions(run):
     work_dir, _ = run
-    records = analysis.read_records(work_dir)
-    snapshots = analysis.read_snapshots(work_dir)
+    records = read_records(work_dir)
+    snapshots = read_snapshots(work_dir)
     assert [s.stage for s in snapshots] == [1, 2, 3]
-    assert analysis.check_consistency(records, snapshots) == []
+    assert check_consistency(records, snapshots) == []
 
     dataset = analysis.build_train_dataset(analysis.find_config(work_dir))
-    labels = analysis.dataset_labels(dataset)
+    labels = dataset_labels(dataset)
     paths = analysis.sample_paths(dataset, range(N))
     assert labels.tolist() == [_class_of(p) for p in paths]
     assert analysis.class_names(dataset, CLASSES) == [
@@ -186,8 +188,8 @@ def test_inspect_kcd_table_and_dropped_files(run):
         assert [int(x) for x in row[:5]] == [
             r['stage'], r['epoch'], r['kept'], r['blended'], r['dropped']]
         assert float(row[5]) == pytest.approx(100 * r['kept'] / N, abs=0.05)
-        assert [int(x) for x in row[6:8]] == [r['sample_iters'],
-                                               r['full_kd_sample_iters']]
+        assert [int(x) for x in row[6:8]] == [
+            r['sample_iters'], r['full_kd_sample_iters']]
         assert float(row[8]) == pytest.approx(
             100 * r['sample_iters'] / r['full_kd_sample_iters'], abs=0.05)
         assert float(row[9]) == pytest.approx(r['value_mean'], abs=1e-4)
@@ -195,7 +197,7 @@ def test_inspect_kcd_table_and_dropped_files(run):
     assert 'at epoch_4.pth (epoch 4): 180 samples trained on, plain KD 240' \
         in out
 
-    last = analysis.read_snapshots(work_dir)[-1]
+    last = read_snapshots(work_dir)[-1]
     best = _section(lines, '5 most valuable')
     worst = _section(lines, '5 least valuable')
     order = np.argsort(-last.scores, kind='stable')
@@ -280,9 +282,10 @@ def test_student_config_of_the_imagenet_recipe():
     """MMRazor's ImageNet recipe: the student given by ``cfg_path`` and
     mmengine's ImgDataPreprocessor, which mmpretrain's ImageClassifier
     cannot take, becomes an equivalent ClsDataPreprocessor."""
-    from helpers import repo_root
     from mmengine.config import Config
     from mmengine.registry import MODELS, DefaultScope
+
+    from helpers import repo_root
     convert = _tool('tools/model_converters/convert_kcd_ckpt_to_student.py')
     kcd_cfg = Config.fromfile(
         osp.join(repo_root(), 'configs/kcd/kcd_r34_r18_imagenet.py'))

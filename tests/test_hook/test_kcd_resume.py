@@ -8,9 +8,8 @@ import time
 
 import torch
 
-from helpers import (make_image_folder, repo_root, run_tool, stage_records,
-                     write_config)
-from kcd_configs import tiny_kcd_config
+from kcd_mm.testing import make_image_folder, tiny_kcd_config, write_config
+from helpers import repo_root, run_tool, stage_records, tests_on_path
 
 
 def _final(work_dir, epochs):
@@ -33,11 +32,10 @@ def test_killed_mid_stage_then_resumed_equals_uninterrupted(tmp_path):
     cfg['custom_hooks'].append(
         dict(type='mmrazor.PauseHook', epoch=4, batch_idx=2, marker=marker))
     paused = write_config(cfg, str(tmp_path / 'kcd_paused.py'))
-    here = osp.dirname(osp.abspath(__file__))
     proc = subprocess.Popen(
         [sys.executable, 'tools/train.py', paused, '--work-dir', broken],
         cwd=repo_root(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=here))
+        env=dict(os.environ, **tests_on_path(OMP_NUM_THREADS='1')))
     deadline = time.time() + 120
     while not osp.exists(marker):
         assert proc.poll() is None and time.time() < deadline

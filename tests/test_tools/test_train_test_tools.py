@@ -3,23 +3,32 @@
 One tiny logits-KD run (MMRazor ``SingleTeacherDistill``, 64 16-px images,
 2 classes) is trained once per module; resume, test and the plain-config
 test start from its checkpoint. The 2-process run goes through torchrun on
-the CPU (gloo). The launch helpers and the checkpoint-loading shim get
-quick unit tests of their own.
+the CPU (gloo). The tools' helpers (tools/tool_utils.py), the shims that
+let mmengine's own launcher and DDP wrapping run without CUDA, and the
+checkpoint-loading shim get quick unit tests of their own.
 """
 import argparse
+import datetime
 import glob
+import os
 import os.path as osp
 import pickle
 import re
 import shutil
+import sys
 
 import pytest
 import torch
-from helpers import (free_port, make_image_folder, run_tool,
-                     tiny_classifier_config, tiny_kd_config, write_config)
 from mmengine.config import Config
 
-from kcd_mm import launch
+from kcd_mm.testing import (make_image_folder, tiny_classifier_config,
+                            tiny_kd_config, write_config)
+from helpers import REPO_ROOT, free_port, run_tool
+
+# tools/train.py imports tools/tool_utils.py as a sibling; appended, so that
+# tools/test.py cannot shadow the standard library's ``test`` package.
+sys.path.append(osp.join(REPO_ROOT, 'tools'))
+import tool_utils  # noqa: E402
 
 NUM_IMAGES = 64
 BATCH = 16
@@ -142,7 +151,9 @@ def test_dist_train_two_cpu_ranks(kd_config, tmp_path):
                     work_dir],
                    env=dict(PORT=str(free_port()))).stdout
     for rank in (0, 1):
-        assert f'rank {rank}/2 joined a gloo process group' in out
+        # kcd_mm.compat's shim let mmengine's own launcher start gloo.
+        assert (f'rank {rank}/2 joined a gloo process group (pytorch '
+                f'launcher, LOCAL_RANK={rank})') in out
     assert 'Distributed training: True' in out
     # Each rank trains on half of the data.
     per_rank = NUM_IMAGES // BATCH // 2
@@ -157,42 +168,172 @@ def test_dist_train_two_cpu_ranks(kd_config, tmp_path):
 def test_both_local_rank_spellings():
     for flag in ('--local_rank', '--local-rank'):
         parser = argparse.ArgumentParser()
-        launch.add_launcher_args(parser)
+        tool_utils.add_launcher_args(parser)
         args = parser.parse_args([f'{flag}=3', '--launcher', 'pytorch'])
         assert args.local_rank == 3 and args.launcher == 'pytorch'
 
 
 def test_default_work_dir():
     cfg = Config(dict(a=1))
-    assert launch.resolve_work_dir(cfg, 'configs/kd/x_y.py') == osp.join(
-        './work_dirs', 'x_y')
+    assert tool_utils.resolve_work_dir(
+        cfg, 'configs/kd/x_y.py') == osp.join('./work_dirs', 'x_y')
     cfg = Config(dict(work_dir='/from/config'))
-    assert launch.resolve_work_dir(cfg, 'c.py') == '/from/config'
-    assert launch.resolve_work_dir(cfg, 'c.py', '/cli') == '/cli'
+    assert tool_utils.resolve_work_dir(cfg, 'c.py') == '/from/config'
+    assert tool_utils.resolve_work_dir(cfg, 'c.py', '/cli') == '/cli'
 
 
-def test_slurm_env_like_mmengine():
+DIST_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
+needs_no_accelerator = pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="the shim leaves mmengine's CUDA launch alone")
+
+
+def _init_dist(monkeypatch, launcher, env, path, **dist_cfg):
+    """``mmengine.dist.init_dist(launcher, **dist_cfg)`` (the Runner's call)
+    under the launcher variables ``env`` and ``PATH=path``, with
+    ``torch.distributed.init_process_group`` captured instead of run.
+
+    Returns:
+        tuple: The backend, the other keyword arguments, and the five
+        torch.distributed variables as the call saw them.
+    """
+    from mmengine.dist import utils as dist_utils
+    launcher_vars = [k for k in os.environ if k.startswith(('SLURM_',
+                                                           'OMPI_'))]
+    for key in DIST_VARS + tuple(launcher_vars):
+        # setenv first, so that the teardown removes what mmengine sets.
+        monkeypatch.setenv(key, 'unset')
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv('PATH', path)
+    calls = []
+
+    def init_process_group(backend=None, **kwargs):
+        calls.append(
+            (backend, kwargs, {k: os.environ.get(k) for k in DIST_VARS}))
+
+    monkeypatch.setattr(torch.distributed, 'init_process_group',
+                        init_process_group)
+    # init_dist would otherwise switch this process to 'spawn'.
+    monkeypatch.setattr(dist_utils.mp, 'set_start_method',
+                        lambda *args, **kwargs: None)
+    set_device = torch.cuda.set_device
+    dist_utils.init_dist(launcher, **dist_cfg)
+    assert torch.cuda.set_device is set_device  # restored
+    assert len(calls) == 1
+    return calls[0]
+
+
+@needs_no_accelerator
+def test_slurm_env_through_mmengine(monkeypatch, tmp_path):
+    """mmengine's slurm launcher, made to run without CUDA by kcd_mm.compat:
+    gloo instead of nccl, no CUDA device call, mmengine's derivation of the
+    torch.distributed variables from slurm's kept."""
+    system_path = os.environ['PATH']
+    # Without the shim mmengine would call this, which cannot work here.
+    with pytest.raises((AttributeError, RuntimeError, AssertionError)):
+        torch.cuda.set_device(0)
+    no_scontrol = str(tmp_path / 'empty')
+    os.mkdir(no_scontrol)
     env = dict(SLURM_PROCID='5', SLURM_NTASKS='8', SLURM_LOCALID='1',
                SLURM_NODELIST='gpu-node[07-09,12]')
-    got = launch.slurm_dist_env(env)
+    backend, kwargs, got = _init_dist(monkeypatch, 'slurm', env, no_scontrol,
+                                      timeout=60)
+    assert backend == 'gloo'  # init_dist's default is nccl
+    assert kwargs == dict(timeout=datetime.timedelta(seconds=60))
+    # Without scontrol: the first host of the compact node list.
     assert got == dict(RANK='5', WORLD_SIZE='8', LOCAL_RANK='1',
                        MASTER_ADDR='gpu-node07', MASTER_PORT='29500')
-    got = launch.slurm_dist_env(dict(env, MASTER_ADDR='10.0.0.1'), port=1234)
+    # A MASTER_ADDR already set wins; dist_cfg's port is used.
+    _, _, got = _init_dist(monkeypatch, 'slurm',
+                           dict(env, MASTER_ADDR='10.0.0.1'), no_scontrol,
+                           backend='nccl', port=1234)
     assert got['MASTER_ADDR'] == '10.0.0.1' and got['MASTER_PORT'] == '1234'
-    assert launch.first_slurm_host('a1,b[2-3]') == 'a1'
-    assert launch.first_slurm_host('n[1,4],m5') == 'n1'
+    for node_list, host in (('a1,b[2-3]', 'a1'), ('n[1,4],m5', 'n1'),
+                            ('node[03-05,9]', 'node03')):
+        _, _, got = _init_dist(monkeypatch, 'slurm',
+                               dict(env, SLURM_NODELIST=node_list),
+                               no_scontrol)
+        assert got['MASTER_ADDR'] == host, node_list
+    # No SLURM_LOCALID: PROCID modulo the tasks per node (CUDA's device
+    # count, mmengine's divisor, is 0 here).
+    no_local = {k: v for k, v in env.items() if k != 'SLURM_LOCALID'}
+    _, _, got = _init_dist(monkeypatch, 'slurm',
+                           dict(no_local, SLURM_NTASKS_PER_NODE='4(x2)'),
+                           no_scontrol)
+    assert got['LOCAL_RANK'] == '1'
+    # Where scontrol exists, mmengine asks it, as on a real cluster.
+    fake_bin = tmp_path / 'bin'
+    fake_bin.mkdir()
+    scontrol = fake_bin / 'scontrol'
+    scontrol.write_text('#!/bin/sh\necho from-scontrol1\necho '
+                        'from-scontrol2\n')
+    scontrol.chmod(0o755)
+    _, _, got = _init_dist(monkeypatch, 'slurm', env,
+                           str(fake_bin) + os.pathsep + system_path)
+    assert got['MASTER_ADDR'] == 'from-scontrol1'
 
 
-def test_cpu_wrapper_has_no_device_ids():
-    cfg = Config(dict(find_unused_parameters=True))
-    wrapper = launch.cpu_model_wrapper_cfg(cfg)
-    assert wrapper['type'] == 'MMDistributedDataParallel'
-    assert wrapper['device_ids'] is None  # overrides the Runner's default
-    assert wrapper['find_unused_parameters'] is True
-    assert wrapper['broadcast_buffers'] is False
-    own = Config(dict(model_wrapper_cfg=dict(
-        type='MMDistributedDataParallel', find_unused_parameters=True)))
-    assert launch.cpu_model_wrapper_cfg(own)['device_ids'] is None
+@needs_no_accelerator
+def test_pytorch_and_mpi_env_through_mmengine(monkeypatch, tmp_path):
+    path = str(tmp_path)
+    env = dict(RANK='3', WORLD_SIZE='4', LOCAL_RANK='1',
+               MASTER_ADDR='10.0.0.2', MASTER_PORT='2345')
+    backend, kwargs, got = _init_dist(monkeypatch, 'pytorch', env, path)
+    assert backend == 'gloo' and kwargs == {} and got == env
+    env = dict(OMPI_COMM_WORLD_RANK='6', OMPI_COMM_WORLD_SIZE='8',
+               OMPI_COMM_WORLD_LOCAL_RANK='2', MASTER_ADDR='10.0.0.3')
+    backend, _, got = _init_dist(monkeypatch, 'mpi', env, path,
+                                 backend='gloo')
+    assert backend == 'gloo'
+    assert got == dict(RANK='6', WORLD_SIZE='8', LOCAL_RANK='2',
+                       MASTER_ADDR='10.0.0.3', MASTER_PORT='29500')
+
+
+@needs_no_accelerator
+def test_cpu_ddp_wrappers_get_no_device_ids(monkeypatch):
+    """mmengine's Runner.wrap_model passes device_ids=[LOCAL_RANK], with or
+    without a model_wrapper_cfg; kcd_mm.compat drops it for a CPU module, so
+    DDP accepts the module. Runs in a real 1-rank gloo group."""
+    import types
+
+    from mmengine.model import MMDistributedDataParallel
+    from mmengine.runner import Runner
+    from torch.nn.parallel import DistributedDataParallel
+
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    torch.distributed.init_process_group(
+        'gloo', init_method=f'tcp://127.0.0.1:{free_port()}', rank=0,
+        world_size=1)
+    try:
+
+        def wrap(cfg, model_wrapper_cfg):
+            runner = types.SimpleNamespace(distributed=True,
+                                           cfg=Config(cfg), logger=None)
+            return Runner.wrap_model(runner, model_wrapper_cfg,
+                                     torch.nn.Linear(4, 2))
+
+        wrapped = wrap(dict(find_unused_parameters=True), None)
+        assert type(wrapped) is MMDistributedDataParallel
+        assert wrapped.device_ids is None
+        assert wrapped.find_unused_parameters is True
+        assert wrapped.broadcast_buffers is False
+        wrapped = wrap({}, dict(type='MMDistributedDataParallel',
+                                find_unused_parameters=True))
+        assert type(wrapped) is MMDistributedDataParallel
+        assert wrapped.device_ids is None
+        assert wrapped.find_unused_parameters is True
+        wrapped = wrap({}, dict(type='DistributedDataParallel'))
+        assert type(wrapped) is DistributedDataParallel
+        assert wrapped.device_ids is None
+        # Positional device ids and an output device, straight to torch.
+        wrapped = DistributedDataParallel(torch.nn.Linear(4, 2), [0], 0)
+        assert wrapped.device_ids is None and wrapped.output_device is None
+        del wrapped
+    finally:
+        tool_utils.destroy_process_group()
+    assert not torch.distributed.is_initialized()
 
 
 def test_checkpoint_getattr_is_restricted():
@@ -229,6 +370,7 @@ def test_checkpoint_getattr_is_restricted():
 
 def _train_tool():
     import importlib.util
+
     from helpers import repo_root
     spec = importlib.util.spec_from_file_location(
         'kcd_tools_train', osp.join(repo_root(), 'tools', 'train.py'))

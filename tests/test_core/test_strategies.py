@@ -2,13 +2,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from mmrazor.registry import MODELS
 
-from kcd_mm.bank import KnowledgeBank
+from kcd_mm import KCDOptions, KCDState
 from kcd_mm.condensation import keep_schedule
-from kcd_mm.state import KCDOptions, KCDState
 from kcd_mm.strategies import (full_tail_epochs, infobatch_prune,
                                infobatch_sizes, seeded_generator)
-from mmrazor.registry import MODELS
 
 
 def test_unknown_strategy_names_the_option():
@@ -67,19 +66,19 @@ def test_infobatch_prune_drops_only_below_mean_and_reweights():
     assert capped.kept.tolist() == [10, 11]
 
 
-def test_bank_tracks_each_samples_latest_epoch_value():
-    bank = KnowledgeBank(4, track_latest=True)
-    assert KnowledgeBank(4).latest is None
-    assert bank.nbytes == KnowledgeBank(4).nbytes + 4 * 4
-    bank.record(torch.tensor([0, 1, 2]), torch.tensor([1.0, 2.0, 3.0]))
-    bank.merge()
-    bank.record(torch.tensor([1, 2]), torch.tensor([5.0, float('nan')]))
-    bank.merge()
-    latest = bank.latest.tolist()
+def test_infobatch_selector_tracks_each_samples_latest_epoch_value():
+    state = KCDState(4, KCDOptions(stage_epochs=1, strategy='infobatch'),
+                     max_epochs=4)
+    state.bank.record(torch.tensor([0, 1, 2]), torch.tensor([1.0, 2.0, 3.0]))
+    state.merge()
+    state.bank.record(torch.tensor([1, 2]), torch.tensor([5.0, float('nan')]))
+    state.merge()
+    latest = state.selector.latest.tolist()
     assert latest[:3] == [1.0, 5.0, 3.0] and latest[3] != latest[3]
-    restored = KnowledgeBank(4, track_latest=True)
-    restored.load_state_dict(bank.state_dict())
-    assert torch.equal(restored.latest[:3], bank.latest[:3])
+    assert not hasattr(KCDState(4, KCDOptions()).selector, 'latest')
+    restored = KCDState(4, state.options, max_epochs=4)
+    restored.load_state_dict(state.state_dict())
+    assert torch.equal(restored.selector.latest[:3], state.selector.latest[:3])
 
 
 def _fed_state(strategy, seed=0, epochs=6, **kwargs):
@@ -88,7 +87,7 @@ def _fed_state(strategy, seed=0, epochs=6, **kwargs):
     state = KCDState(100, opts, seed=seed, max_epochs=epochs)
     g = torch.Generator().manual_seed(1)
     state.bank.record(torch.arange(100), torch.rand(100, generator=g))
-    state.bank.merge()
+    state.merge()
     state.count_epoch(100)
     return state
 
@@ -97,7 +96,7 @@ def test_random_state_keeps_kcds_sizes_reproducibly():
     kcd, rnd = _fed_state('kcd'), _fed_state('random')
     sizes = []
     for epoch in (1, 2, 3):
-        sizes.append((kcd.estep(epoch)['kept'], rnd.estep(epoch)['kept']))
+        sizes.append((kcd.estep(epoch).kept, rnd.estep(epoch).kept))
         assert rnd.pairs.num_blended == 0
         if epoch == 1:
             saved, first = rnd.state_dict(), rnd.kept.clone()
@@ -120,20 +119,20 @@ def test_infobatch_state_plans_weights_and_checkpoints():
     budget = state.budget
     assert budget == sum(keep_schedule(100, 0.7, 3, 1, 4))  # 100+90+80+70
     record = state.estep(1)
-    assert record['kept'] == record['target'] == 70  # (340 - 200) / 2
+    assert record.kept == record.extra['target'] == 70  # (340 - 200) / 2
     assert state.planned_sizes(1) == [70, 70, 100]  # the last epoch full
-    assert record['loss_weight'] == pytest.approx(
-        1 / (1 - record['prune_ratio']))
+    assert record.extra['loss_weight'] == pytest.approx(
+        1 / (1 - record.extra['prune_ratio']))
     idx = torch.arange(100)
     weights = state.sample_weights(idx)
-    assert torch.equal(weights != 1, state.upweighted)
+    assert torch.equal(weights != 1, state.selector.upweighted)
     assert set(torch.nonzero(weights != 1).flatten().tolist()) <= set(
         state.kept.tolist())
     saved = state.state_dict()
     copy = KCDState(100, state.options, max_epochs=4)
     copy.load_state_dict(saved)
     assert torch.equal(copy.sample_weights(idx), weights)
-    assert torch.equal(copy.bank.latest, state.bank.latest)
+    assert torch.equal(copy.selector.latest, state.selector.latest)
 
 
 def test_loss_is_the_weighted_mean_of_per_sample_losses():

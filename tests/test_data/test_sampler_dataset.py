@@ -5,7 +5,6 @@ import torch
 
 import kcd_mm  # noqa: F401
 from kcd_mm import KCDSampler, KnowledgeSummaryDataset
-from helpers import make_image_folder
 
 
 def _sampler(n, rank=0, world=1, seed=3, round_up=True):

@@ -14,9 +14,11 @@ override the head), so the data has 3 of them.
 import os.path as osp
 
 import torch.nn as nn
-from helpers import make_imagenet_folder, repo_root, run_tool, stage_records
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
+
+from kcd_mm.testing import make_imagenet_folder
+from helpers import repo_root, run_tool, stage_records
 
 CONFIG = osp.join(repo_root(), 'configs', 'kcd',
                   'kcd_dkd_r34_r18_imagenet.py')

@@ -1,14 +1,10 @@
 """KCD across 2 real processes (torchrun, gloo on CPU)."""
-import os
 import os.path as osp
 
 import pytest
 
-from helpers import (free_port, make_image_folder, read_jsonl, run_tool,
-                     write_config)
-from kcd_configs import tiny_kcd_config
-
-HERE = osp.dirname(osp.abspath(__file__))
+from kcd_mm.testing import make_image_folder, tiny_kcd_config, write_config
+from helpers import free_port, read_jsonl, run_tool, tests_on_path
 
 
 def _probed_2_rank_run(cfg, tmp_path):
@@ -19,8 +15,7 @@ def _probed_2_rank_run(cfg, tmp_path):
         dict(type='mmrazor.KCDProbeHook', out_dir=str(tmp_path)))
     path = write_config(cfg, str(tmp_path / 'kcd.py'))
     work_dir = str(tmp_path / 'work')
-    env = dict(PORT=str(free_port()),
-               PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env = tests_on_path(PORT=str(free_port()))
     run_tool(['tools/dist_train.sh', path, '2', '--work-dir', work_dir],
              env=env)
     return [read_jsonl(osp.join(tmp_path, f'probe_rank{r}.jsonl'))
@@ -100,7 +95,7 @@ def test_summary_blends_in_persistent_workers(tmp_path):
     cfg['custom_hooks'].append(
         dict(type='mmrazor.BlendProbeHook', out_dir=str(tmp_path)))
     path = write_config(cfg, str(tmp_path / 'kcd.py'))
-    env = dict(PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env = tests_on_path()
     run_tool(['tools/train.py', path, '--work-dir', str(tmp_path / 'w')],
              env=env)
     epochs = read_jsonl(osp.join(tmp_path, 'blend_probe.jsonl'))

@@ -7,9 +7,8 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from helpers import make_image_folder, tiny_kd_config
-from kcd_configs import tiny_kcd_config
 from kcd_mm import KCDHook
+from kcd_mm.testing import make_image_folder, tiny_kcd_config, tiny_kd_config
 
 
 @pytest.fixture(scope='module')
@@ -43,6 +42,8 @@ def test_option_errors_at_build(kwargs, message):
     ('no_sample_idx', 'sample_idx'),
     ('concat', 'ConcatDataset'),
     ('bad_value', "value='confidence'"),
+    ('no_recording_loss', 'exactly one recording ValueWeightedLoss in the '
+     'model, found 0'),
 ])
 def test_run_errors_before_any_update(data_root, tmp_path, case, message):
     cfg = tiny_kcd_config(data_root, max_epochs=4, summary=False,
@@ -59,6 +60,9 @@ def test_run_errors_before_any_update(data_root, tmp_path, case, message):
     if case == 'bad_value':
         cfg['model']['distiller']['distill_losses']['loss_kl'][
             'value'] = 'confidence'
+    if case == 'no_recording_loss':
+        cfg['model']['distiller']['distill_losses']['loss_kl'][
+            'record'] = False
     runner = None
     with pytest.raises((TypeError, ValueError, KeyError, RuntimeError),
                        match=message):
@@ -84,8 +88,8 @@ def test_non_finite_values_are_skipped_and_counted(data_root, tmp_path):
     runner.train()
     record = runner.hooks[[type(h) for h in runner.hooks].index(
         KCDHook)].state.records[0]
-    assert record['values_skipped'] == 3  # 3 batches of 8
-    assert record['values_recorded'] == 21
+    assert record.values_skipped == 3  # 3 batches of 8
+    assert record.values_recorded == 21
 
 
 class _Payload:

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from kcd_mm.state import KCDOptions, KCDState
+from kcd_mm import KCDOptions, KCDState
 
 N, EPOCHS = 500, 3
 OPTIONS = KCDOptions(stage_epochs=1, theta=0.6, num_steps=2)
@@ -25,14 +25,15 @@ def _run(state, rank, world, reduce_fn):
         order, values = _values(epoch)
         mine = order[rank::world]  # a DefaultSampler-like shard
         state.bank.record(mine, values[mine])
-        state.bank.merge(reduce_fn)
+        state.merge(reduce_fn)
         state.estep(epoch + 1)
     return state
 
 
 def _worker(rank, world, init_file, out):
-    import kcd_mm  # noqa: F401
     from mmengine.dist import all_reduce
+
+    import kcd_mm  # noqa: F401
     dist.init_process_group('gloo', init_method=f'file://{init_file}',
                             rank=rank, world_size=world)
 

@@ -1,0 +1,281 @@
+"""The benchmark's arms: what each one runs, and running it.
+
+An arm is ``tools/train.py`` on a shipped config (:data:`CONFIGS`) with
+``--cfg-options`` (:func:`cfg_options`), then ``tools/test.py`` on its last
+checkpoint and on its held-out best one (:func:`run_arm`). :func:`plan_arms`
+lists a mode's arms: the main ones (:data:`ARMS`, seeds per
+``Mode.seeds``), the budget curve and the ablations.
+"""
+import glob
+import json
+import os
+import os.path as osp
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+from kcd_mm import analysis, records
+from modes import ROOT, Mode, choose_schedule  # first: ROOT on sys.path
+
+# Where tools/run_demo.sh keeps the teacher (it honours TEACHER_DIR too).
+TEACHER = osp.join(os.environ.get('TEACHER_DIR', 'work_dirs/demo_teacher'),
+                   'teacher.pth')
+CONFIGS = dict(
+    student='configs/students/resnet18_w4_fashionmnist.py',
+    kd='configs/kd/kd_demo_fashionmnist.py',
+    kcd='configs/kcd/kcd_demo_fashionmnist.py')
+# arm -> (config, KCDHook options beyond the schedule)
+ARMS = dict(
+    student=('student', {}),
+    kd=('kd', {}),
+    kcd=('kcd', {}),
+    kcd_prune=('kcd', dict(summary=False)),
+    random=('kcd', dict(strategy='random')),
+    infobatch=('kcd', dict(strategy='infobatch')))
+LABELS = dict(
+    student='1 student alone', kd='2 KD', kcd='3 KD+KCD',
+    kcd_prune='4 KCD prune-only', random='5 random, KCD budget',
+    infobatch='6 InfoBatch, KCD budget')
+REFERENCE = dict(theta=0.7, num_steps=6)  # the configs' (reference) values
+
+
+@dataclass
+class Arm:
+    """One training run of the benchmark and how it differs from KD.
+
+    Attributes:
+        name: its work dir's name, e.g. ``kcd_s0``, ``random_b50_s0``.
+        arm: its key of :data:`ARMS`.
+        seed: ``randomness.seed``.
+        budget: the budget curve's fraction; None for the main arms.
+        hook: KCDHook options (``custom_hooks.0.*``); empty without KCD.
+        variant: an ablation's name; empty otherwise.
+        cfg: the ablation's extra ``--cfg-options``.
+    """
+    name: str  # work dir name, e.g. kcd_s0, random_b50_s0
+    arm: str  # key of ARMS
+    seed: int
+    budget: Optional[float] = None  # None: the main arms' schedule
+    hook: Dict = field(default_factory=dict)  # KCDHook options
+    variant: str = ''  # an ablation's name
+    cfg: Dict = field(default_factory=dict)  # its extra --cfg-options
+
+    @property
+    def config(self) -> str:
+        """The arm's config file, relative to :data:`ROOT`."""
+        return CONFIGS[ARMS[self.arm][0]]
+
+    @property
+    def cost(self) -> float:
+        """Relative run time, for scheduling the longest first."""
+        if self.arm == 'student':
+            return 0.7
+        return 1.0 if self.arm == 'kd' else (self.budget or 0.875)
+
+
+def plan_arms(mode: Mode) -> List[Arm]:
+    """Every arm of ``mode``: main arms, budget curve, ablations.
+
+    Args:
+        mode (Mode): The benchmark setting.
+
+    Returns:
+        list[Arm]: The main arms (each seed of ``mode.seeds``), then per
+        budget KCD, random and InfoBatch on :func:`choose_schedule`'s
+        schedule, then the ablations on their budget's schedule.
+    """
+    arms = []
+    for arm, (_, extra) in ARMS.items():
+        for seed in mode.seeds.get(arm, (0, )):
+            hook = {}
+            if ARMS[arm][0] == 'kcd':
+                hook = dict(stage_epochs=mode.stage_epochs, **extra)
+            arms.append(Arm(f'{arm}_s{seed}', arm, seed, None, hook))
+    for budget in mode.budgets:
+        theta, steps, _ = choose_schedule(mode.n_train, mode.epochs,
+                                          mode.stage_epochs, budget)
+        for arm in ('kcd', 'random', 'infobatch'):
+            hook = dict(stage_epochs=mode.stage_epochs, theta=theta,
+                        num_steps=steps, **ARMS[arm][1])
+            seeds = (mode.budget_seeds.get(budget, (0, ))
+                     if arm != 'infobatch' else (0, ))
+            for seed in seeds:
+                arms.append(
+                    Arm(f'{arm}_b{round(100 * budget)}_s{seed}', arm, seed,
+                        budget, hook))
+    for variant, budget, cfg in mode.ablations:
+        stage_epochs = int(cfg.get('custom_hooks.0.stage_epochs',
+                                   mode.stage_epochs))
+        theta, steps, _ = choose_schedule(mode.n_train, mode.epochs,
+                                          stage_epochs, budget)
+        slug = ''.join(c if c.isalnum() else '_' for c in variant)
+        for seed in mode.ablation_seeds.get(variant, (0, )):
+            arms.append(
+                Arm(f'kcd_b{round(100 * budget)}_{slug}_s{seed}', 'kcd',
+                    seed, budget,
+                    dict(stage_epochs=stage_epochs, theta=theta,
+                         num_steps=steps), variant, dict(cfg)))
+    return arms
+
+
+def cfg_options(arm: Arm, mode: Mode) -> List[str]:
+    """--cfg-options of an arm: data split, schedule, seed, teacher, KCD."""
+    wrapped = ARMS[arm.arm][0] == 'kcd'  # in KnowledgeSummaryDataset
+    train_ds = 'train_dataloader.dataset' + ('.dataset' if wrapped else '')
+    opts = {
+        f'{train_ds}.indices': mode.n_train,
+        'val_dataloader.dataset.split': 'train',
+        'val_dataloader.dataset.test_mode': False,
+        'val_dataloader.dataset.indices': -mode.holdout,
+        'train_cfg.max_epochs': mode.epochs,
+        'train_cfg.val_interval': mode.val_every or mode.epochs,
+        # The held-out pick of the "best" checkpoint (kept beside the last).
+        'default_hooks.checkpoint.save_best': 'accuracy/top1',
+        'default_hooks.checkpoint.rule': 'greater',
+        'param_scheduler.T_max': mode.epochs,
+        'randomness.seed': arm.seed,
+    }
+    if arm.arm != 'student':
+        opts['model.teacher_ckpt'] = TEACHER
+        # The student only: the distill val loop would also evaluate the
+        # (fixed) teacher at every validation; it is evaluated once apart.
+        opts['val_cfg.type'] = 'ValLoop'
+    for key, value in arm.hook.items():
+        opts[f'custom_hooks.0.{key}'] = value
+    opts.update(arm.cfg)
+    return [f'{k}={v}' for k, v in opts.items()]
+
+
+def tool_env() -> Dict[str, str]:
+    """A tool process's environment: one thread, kcd_mm importable."""
+    env = dict(os.environ)
+    # One thread a process: two spinning OpenMP pools on a busy 2-core
+    # machine slow a run down ~10x (measured with the teacher here).
+    env['OMP_NUM_THREADS'] = '1'
+    env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    return env
+
+
+def _scalars(work_dir: str) -> List[Dict]:
+    """The logged scalars of the newest run in ``work_dir``: training's
+    vis_data/scalars.json, or the metrics json a test run writes."""
+    paths = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
+                                      'scalars.json')))
+    paths = paths or sorted(glob.glob(osp.join(work_dir, '*', '*.json')))
+    if not paths:
+        return []
+    with open(paths[-1]) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _top1(rows: List[Dict]) -> Optional[float]:
+    hits = [r['accuracy/top1'] for r in rows if 'accuracy/top1' in r]
+    return hits[-1] if hits else None
+
+
+def run_arm(arm: Arm, mode: Mode, root: str, force: bool) -> Dict:
+    """Train, test and summarise one arm (cached in its work dir).
+
+    Args:
+        arm (Arm): The arm.
+        mode (Mode): The benchmark setting.
+        root (str): The folder of the arms' work dirs.
+        force (bool): Run it again even when its ``bench_result.json``
+            says it finished with the same options.
+
+    Returns:
+        dict: The arm, its options, held-out and test top-1 (last and
+        best checkpoint), samples trained on against KD, timings and KCD's
+        stage records; ``reused=True`` when it came from the cache.
+    """
+    work = osp.join(root, arm.name)
+    result_path = osp.join(work, 'bench_result.json')
+    opts = cfg_options(arm, mode)
+    if osp.isfile(result_path) and not force:
+        with open(result_path) as f:
+            cached = json.load(f)
+        if cached['cfg_options'] == opts:  # else the mode's settings changed
+            return dict(cached, reused=True)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    python = sys.executable
+    start = time.perf_counter()
+    with open(osp.join(work, 'train.out'), 'w') as out:
+        subprocess.run([python, 'tools/train.py', arm.config, '--work-dir',
+                        work, '--cfg-options', *opts], cwd=ROOT,
+                       env=tool_env(), stdout=out, stderr=subprocess.STDOUT,
+                       check=True)
+    train_seconds = time.perf_counter() - start
+    ckpt = osp.join(work, f'epoch_{mode.epochs}.pth')
+    train_rows = _scalars(work)
+    vals = [r for r in train_rows if 'accuracy/top1' in r]
+    best = max(vals, key=lambda r: r['accuracy/top1']) if vals else None
+    best_ckpt = glob.glob(osp.join(work, 'best_accuracy_top1_*.pth'))
+    test_last = _test(arm.config, ckpt, osp.join(work, 'test'), opts)
+    test_best = test_last  # unless another epoch was the held-out best
+    if best_ckpt and not best_ckpt[0].endswith(f'_epoch_{mode.epochs}.pth'):
+        test_best = _test(arm.config, best_ckpt[0],
+                          osp.join(work, 'test_best'), opts)
+    iter_times = [r['time'] for r in train_rows
+                  if 'loss' in r and 'time' in r][2:]
+    result = dict(
+        asdict(arm),
+        config=arm.config,
+        cfg_options=opts,
+        holdout_top1=vals[-1]['accuracy/top1'] if vals else None,
+        holdout_best=best['accuracy/top1'] if best else None,
+        best_epoch=best.get('step') if best else None,
+        holdout_curve=[(r.get('step'), r['accuracy/top1']) for r in vals],
+        test_top1=test_last,
+        test_top1_best=test_best,
+        full_kd_sample_iters=mode.n_train * mode.epochs,
+        sample_iters=mode.n_train * mode.epochs,
+        train_seconds=round(train_seconds, 1),
+        seconds_per_iter=statistics.median(iter_times)
+        if iter_times else None,
+        stages=[])
+    if arm.hook:
+        progress = analysis.read_progress(ckpt)
+        result['sample_iters'] = progress['sample_iters']
+        result['full_kd_sample_iters'] = progress['full_kd_sample_iters']
+        result['stages'] = records.read_records(work)
+    result['samples_vs_kd'] = (result['sample_iters'] /
+                               result['full_kd_sample_iters'])
+    # One teacher forward per sample trained on (a summary blend is one
+    # image), none for the student alone.
+    result['teacher_forwards'] = (0 if arm.arm == 'student' else
+                                  result['sample_iters'])
+    with open(result_path, 'w') as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def _test(config: str, ckpt: str, work: str, opts: List[str]) -> float:
+    """Test top-1 of ``ckpt`` on the 10,000 test images."""
+    with open(work + '.out', 'w') as out:
+        subprocess.run([sys.executable, 'tools/test.py', config, ckpt,
+                        '--work-dir', work] +
+                       (['--cfg-options', *opts] if opts else []),
+                       cwd=ROOT, env=tool_env(), stdout=out,
+                       stderr=subprocess.STDOUT, check=True)
+    return _top1(_scalars(work))
+
+
+def eval_teacher(root: str) -> float:
+    """The teacher's test top-1, once (it never changes). Not on the
+    held-out images: the teacher was trained on the whole training file."""
+    return _test('configs/teachers/resnet18_w16_fashionmnist.py', TEACHER,
+                 osp.join(root, 'teacher_test'), [])
+
+
+def ensure_teacher() -> None:
+    """Train the demo's teacher with tools/run_demo.sh unless it exists."""
+    if osp.isfile(osp.join(ROOT, TEACHER)):
+        return
+    print('teacher: none yet, running tools/run_demo.sh --teacher-only')
+    subprocess.run(['bash', 'tools/run_demo.sh', '--teacher-only'],
+                   cwd=ROOT, env=tool_env(), check=True)

@@ -1,0 +1,147 @@
+"""The benchmark's settings: its modes and KCD's schedule for a budget.
+
+:data:`MODES` holds the ``--mode`` choices of ``benchmarks/run.py``;
+:func:`choose_schedule` picks theta and K for a fraction of KD's samples
+(``keep_schedule`` arithmetic, no accuracy involved). Also defines
+:data:`ROOT`, the repository, and puts it on ``sys.path`` so that
+``kcd_mm`` imports from a checkout that is not installed.
+"""
+import functools
+import os.path as osp
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, Sequence, Tuple
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from kcd_mm.condensation import boundary_epochs, keep_schedule  # noqa: E402
+
+
+@dataclass
+class Mode:
+    """One benchmark setting.
+
+    Attributes:
+        n_train: training images (the first of the training file).
+        holdout: held-out images (the last of the training file).
+        epochs: epochs of every arm.
+        stage_epochs: KCD's T.
+        seeds: arm -> seeds (arms not listed run seed 0 only).
+        budgets: fractions of KD's samples for the budget curve.
+        budget_seeds: budget -> seeds of its KCD and random arms (others:
+            seed 0 only).
+        estep_sizes: N for benchmarks/bench_estep.py.
+        overhead_args: arguments of benchmarks/bench_overhead.py.
+        val_every: epochs between held-out validations (0: only at the
+            end); the best of them picks the "best" checkpoint.
+        ablations: (variant, budget, cfg-options) of extra KCD runs on
+            the budget's schedule: what else was tried.
+        ablation_seeds: variant -> seeds (others: seed 0 only).
+    """
+    n_train: int
+    holdout: int
+    epochs: int
+    stage_epochs: int
+    seeds: Dict[str, Sequence[int]] = field(default_factory=dict)
+    budgets: Sequence[float] = ()
+    budget_seeds: Dict[float, Sequence[int]] = field(default_factory=dict)
+    estep_sizes: Sequence[int] = (50000, 1281167)
+    overhead_args: Sequence[str] = ()
+    val_every: int = 0
+    ablations: Sequence[Tuple[str, float, Dict[str, str]]] = ()
+    ablation_seeds: Dict[str, Sequence[int]] = field(default_factory=dict)
+
+
+_LOSS = 'model.distiller.distill_losses.loss_kl'
+MODES = dict(
+    # 10k images, 6 epochs in 1-epoch stages (the demo's schedule), 1 seed:
+    # 4.0 min on an idle 2-core machine, ~8 beside another job.
+    quick=Mode(n_train=10000, holdout=10000, epochs=6, stage_epochs=1,
+               overhead_args=('--rounds', '1', '--epochs', '2', '--images',
+                              '1024')),
+    # 20k images, 18 epochs in 3-epoch stages (the reference's 6 stages),
+    # 3 seeds for KD, KCD, prune-only and random, the budget curve (3 seeds
+    # for KCD and random) and 5 ablations (2 with 3 seeds): 44 runs worth
+    # 30 KD runs of 2,826 iterations, two at a time; ~5.5 min a KD run on
+    # an idle 2-core machine: ~82 min, ~90 with start-ups and the
+    # micro-benchmarks.
+    full=Mode(n_train=20000, holdout=10000, epochs=18, stage_epochs=3,
+              seeds=dict(kd=(0, 1, 2), kcd=(0, 1, 2), random=(0, 1, 2),
+                         kcd_prune=(0, 1, 2)),
+              # KCD and random: 3 seeds at every budget.
+              budget_seeds={b: (0, 1, 2) for b in (0.5, 0.6, 0.75)},
+              budgets=(0.5, 0.6, 0.75),
+              estep_sizes=(50000, 1281167, 14197122), val_every=3,
+              # At the lowest budget, where choosing matters most: the
+              # other value measures, and the summary switched off.
+              ablations=(
+                  ('value=teacher_kl', 0.5, {f'{_LOSS}.value': 'teacher_kl'}),
+                  ('value=ce', 0.5, {f'{_LOSS}.value': 'ce'}),
+                  ('value=margin', 0.5, {f'{_LOSS}.value': 'margin'}),
+                  ('summary=False', 0.5,
+                   {'custom_hooks.0.summary': 'False'}),
+                  # Shorter stages: a more gradual schedule for the budget.
+                  ('stage_epochs=1', 0.5,
+                   {'custom_hooks.0.stage_epochs': '1'})),
+              # The two that came closest to KD at 50% with seed 0.
+              ablation_seeds={'summary=False': (0, 1, 2),
+                              'stage_epochs=1': (0, 1, 2)}))
+
+
+def budget_ratio(n: int, theta: float, num_steps: int, stage_epochs: int,
+                 epochs: int) -> float:
+    """KCD's samples over KD's for one schedule.
+
+    Args:
+        n (int): Training images.
+        theta (float): KCDHook's floor ``theta``.
+        num_steps (int): KCDHook's ``num_steps`` (K).
+        stage_epochs (int): KCDHook's ``stage_epochs`` (T).
+        epochs (int): Training epochs.
+
+    Returns:
+        float: Samples trained on with KCD over ``n * epochs``.
+    """
+    return sum(keep_schedule(n, theta, num_steps, stage_epochs,
+                             epochs)) / (n * epochs)
+
+
+@functools.lru_cache(maxsize=None)  # plan_arms asks again per arm
+def choose_schedule(n: int, epochs: int, stage_epochs: int, target: float,
+                    min_theta: float = 0.25,
+                    tol: float = 0.005) -> Tuple[float, int, float]:
+    """(theta, num_steps, ratio) giving ``target`` of KD's samples.
+
+    The most gradual schedule that meets the budget: the largest K (at
+    most one condensation per E-step, as the reference's K = 6 over 6
+    stages) for which a floor theta >= ``min_theta`` lands within ``tol``;
+    otherwise the closest of all.
+
+    Args:
+        n (int): Training images.
+        epochs (int): Training epochs.
+        stage_epochs (int): KCDHook's ``stage_epochs`` (T).
+        target (float): The fraction of KD's samples to spend.
+        min_theta (float): The lowest theta tried (in steps of 0.001).
+            Defaults to 0.25.
+        tol (float): How close to ``target`` is close enough. Defaults
+            to 0.005.
+
+    Returns:
+        tuple: ``(theta, num_steps, ratio)``, ``ratio`` as
+        :func:`budget_ratio` gives it.
+    """
+    steps = max(len(boundary_epochs(stage_epochs, epochs)), 1)
+    thetas = [round(min_theta + 0.001 * i, 3)
+              for i in range(int(round((1 - min_theta) / 0.001)) + 1)]
+    best = None
+    for k in range(steps, 0, -1):
+        err, theta, ratio = min(
+            (abs(r - target), t, r)
+            for t, r in ((t, budget_ratio(n, t, k, stage_epochs, epochs))
+                         for t in thetas))
+        if err <= tol:
+            return theta, k, ratio
+        if best is None or err < best[0]:
+            best = (err, theta, k, ratio)
+    return best[1:]

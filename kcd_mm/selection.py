@@ -1,0 +1,278 @@
+"""Selectors: how the kept set is chosen at each E-step, one class each.
+
+:class:`KCDState` holds one selector, built from
+:data:`kcd_mm.registry.SELECTORS` by ``KCDHook(strategy=...)``, and asks
+it, at every boundary it names, for the next kept set. The selector owns
+whatever only its strategy needs (InfoBatch's latest values and loss
+weights), saves it in :meth:`Selector.state_dict`, and so nothing of one
+strategy survives a resume under another.
+
+* ``'kcd'``: the method's condensation (:mod:`kcd_mm.condensation`).
+* ``'random'``: random subsets of KCD's sizes (:mod:`kcd_mm.strategies`).
+* ``'infobatch'``: InfoBatch pruning at KCD's sample budget.
+
+A new strategy is a subclass registered with
+``@SELECTORS.register_module('name')``. Pure torch apart from the registry.
+"""
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .bank import EpochDelta, KnowledgeBank
+from .condensation import (Condensation, balance_classes, boundary_epochs,
+                           condense, cost_aware_scores, keep_schedule,
+                           next_keep_size, rank_samples)
+from .registry import SELECTORS
+from .strategies import (full_tail_epochs, infobatch_prune, infobatch_sizes,
+                         random_order, seeded_generator)
+
+LogLine = Tuple[int, str]  # (logging level, message)
+
+
+@dataclass
+class Selection:
+    """One E-step's choice.
+
+    Attributes:
+        pairs: the kept set (``pairs.kept``) and its summary pairs (empty
+            for a selector that forms none).
+        scores: every sample's score as the selector saw it (for the stage
+            snapshot).
+        extra: the selector's own fields of the stage record.
+    """
+    pairs: Condensation
+    scores: torch.Tensor
+    extra: Dict = field(default_factory=dict)
+
+
+class Selector:
+    """Base class: stage boundaries and sizes of KCD's keep schedule.
+
+    Args:
+        options (KCDOptions): the E-step options.
+        num_samples (int): N.
+        max_epochs (int, optional): the run's length; needed by
+            :meth:`boundaries`, :meth:`planned_sizes` and :attr:`budget`.
+        seed (int): the run's seed, for selectors that draw at random.
+        labels (Tensor, optional): class of each sample.
+    """
+
+    #: forms summary pairs (tail blended with a dropped partner)
+    forms_pairs = False
+    #: honours ``class_min_keep``
+    balances_classes = False
+    #: hands per-sample loss weights to ValueWeightedLoss
+    weights_losses = False
+
+    def __init__(self, options, num_samples: int,
+                 max_epochs: Optional[int] = None, seed: int = 0,
+                 labels: Optional[torch.Tensor] = None) -> None:
+        self.options = options
+        self.num_samples = int(num_samples)
+        self.max_epochs = max_epochs
+        self.seed = int(seed)
+        self.labels = labels
+
+    @property
+    def budget(self) -> int:
+        """KCD's total samples for the run: the sum of its keep schedule."""
+        opts = self.options
+        return sum(
+            keep_schedule(self.num_samples, opts.theta, opts.num_steps,
+                          opts.stage_epochs, self.max_epochs))
+
+    def boundaries(self) -> List[int]:
+        """Epochs completed at each E-step."""
+        return boundary_epochs(self.options.stage_epochs, self.max_epochs)
+
+    def planned_sizes(self, start_epoch: int, kept_size: int,
+                      spent: int) -> List[int]:
+        """Training-set size of each epoch from ``start_epoch`` on (ETA)."""
+        opts = self.options
+        return keep_schedule(self.num_samples, opts.theta, opts.num_steps,
+                             opts.stage_epochs, self.max_epochs, start_epoch,
+                             kept_size)
+
+    def observe(self, delta: EpochDelta) -> None:
+        """See one epoch's merged records (all ranks); default: nothing."""
+
+    def select(self, bank: KnowledgeBank, current_size: int, stage: int,
+               epoch: int, spent: int) -> Selection:
+        """Choose the kept set of E-step ``stage`` (1, 2, ...), run after
+        ``epoch`` epochs with ``spent`` samples trained so far."""
+        raise NotImplementedError
+
+    def sample_weights(self,
+                       sample_idx: torch.Tensor) -> Optional[torch.Tensor]:
+        """Loss weight of each sample of a batch; None when all are 1."""
+        return None
+
+    def describe(self, record) -> List[LogLine]:
+        """Log lines of the selector's own fields of a StageRecord."""
+        return []
+
+    def state_dict(self) -> Dict:
+        return {}
+
+    def load_state_dict(self, state: Dict) -> None:
+        pass
+
+
+@SELECTORS.register_module('kcd')
+class KCDSelector(Selector):
+    """KCD: rank by cost-aware score, keep the top n_{t+1}, pair the tail
+    with the samples just dropped (prune only with ``summary=False``)."""
+
+    forms_pairs = True
+    balances_classes = True
+
+    def _order(self, scores: torch.Tensor, stage: int) -> torch.Tensor:
+        return rank_samples(scores)
+
+    def select(self, bank: KnowledgeBank, current_size: int, stage: int,
+               epoch: int, spent: int) -> Selection:
+        opts = self.options
+        scores = cost_aware_scores(bank.value_sum, bank.visits,
+                                   opts.score_exponent, opts.ref_epochs)
+        num_keep = next_keep_size(self.num_samples, current_size, opts.theta,
+                                  opts.num_steps)
+        order = self._order(scores, stage)
+        if opts.class_min_keep > 0:
+            order = balance_classes(order, num_keep, self.labels,
+                                    opts.class_min_keep)
+        pairs = condense(order, current_size, num_keep, opts.lam_range,
+                         opts.summary and self.forms_pairs)
+        return Selection(pairs=pairs, scores=scores.float())
+
+
+@SELECTORS.register_module('random')
+class RandomSelector(KCDSelector):
+    """A uniformly random subset of KCD's next size at each E-step, drawn
+    from (run seed, stage): identical on every rank and after a resume."""
+
+    forms_pairs = False
+    balances_classes = False
+
+    def _order(self, scores: torch.Tensor, stage: int) -> torch.Tensor:
+        return random_order(self.num_samples,
+                            seeded_generator(self.seed, stage))
+
+
+@SELECTORS.register_module('infobatch')
+class InfoBatchSelector(Selector):
+    """InfoBatch (Qin et al., ICLR 2024) at KCD's budget, every epoch.
+
+    Drops a fraction r of the samples whose latest value is below the mean
+    and weights the surviving ones' loss 1 / (1 - r); the first epoch and
+    the last ``ceil(infobatch_full_epochs_ratio * max_epochs)`` train on
+    all data; r is planned each epoch from what was actually spent, so the
+    run lands on KCD's total. See :mod:`kcd_mm.strategies`.
+    """
+
+    weights_losses = True
+
+    def __init__(self, options, num_samples: int,
+                 max_epochs: Optional[int] = None, seed: int = 0,
+                 labels: Optional[torch.Tensor] = None) -> None:
+        if max_epochs is None:
+            raise ValueError("strategy='infobatch' needs max_epochs")
+        super().__init__(options, num_samples, max_epochs, seed, labels)
+        # Each sample's latest epoch value (NaN: never seen), and the kept
+        # below-mean samples with their loss weight.
+        self.latest = torch.full((self.num_samples, ), float('nan'))
+        self.upweighted: Optional[torch.Tensor] = None
+        self.loss_weight = 1.0
+
+    def boundaries(self) -> List[int]:
+        return list(range(1, self.max_epochs))
+
+    def _plan(self, start_epoch: int, spent: int) -> List[int]:
+        return infobatch_sizes(
+            self.num_samples, self.budget, spent, start_epoch,
+            self.max_epochs,
+            full_tail_epochs(self.max_epochs,
+                             self.options.infobatch_full_epochs_ratio))
+
+    def planned_sizes(self, start_epoch: int, kept_size: int,
+                      spent: int) -> List[int]:
+        if start_epoch >= self.max_epochs:
+            return []
+        return [kept_size] + self._plan(start_epoch + 1, spent + kept_size)
+
+    def observe(self, delta: EpochDelta) -> None:
+        seen = delta.visits > 0
+        self.latest[seen] = delta.value_sum[seen] / delta.visits[seen]
+
+    def select(self, bank: KnowledgeBank, current_size: int, stage: int,
+               epoch: int, spent: int) -> Selection:
+        target = self._plan(epoch, spent)[0]
+        full = target >= self.num_samples
+        prune = None
+        if not full:
+            prune = infobatch_prune(self.latest, target,
+                                    seeded_generator(self.seed, epoch))
+        kept = torch.arange(self.num_samples) if full else prune.kept
+        weighted = prune is not None and prune.weight != 1.0
+        self.upweighted = prune.upweighted if weighted else None
+        self.loss_weight = prune.weight if weighted else 1.0
+        empty = torch.zeros(0, dtype=torch.int64)
+        pairs = Condensation(kept=kept, tail=empty, lost=empty,
+                             lam=torch.zeros(0))
+        extra = dict(
+            target=target,
+            prune_ratio=0.0 if full else prune.ratio,
+            loss_weight=self.loss_weight,
+            below_mean=0 if full else prune.below_mean,
+            budget=self.budget,
+            budget_capped=bool(prune is not None and prune.capped))
+        return Selection(pairs=pairs, scores=self.latest.clone(),
+                         extra=extra)
+
+    def sample_weights(self,
+                       sample_idx: torch.Tensor) -> Optional[torch.Tensor]:
+        if self.upweighted is None:
+            return None
+        weights = torch.ones(sample_idx.numel())
+        weights[self.upweighted[sample_idx.reshape(-1)]] = self.loss_weight
+        return weights
+
+    def describe(self, record) -> List[LogLine]:
+        info = record.extra
+        lines = [(logging.INFO, (
+            f'KCD infobatch: epoch {record.epoch + 1} trains on '
+            f"{record.kept} (planned {info['target']}), dropping "
+            f"{100 * info['prune_ratio']:.1f}% of the "
+            f"{info['below_mean']} below-mean samples, the rest "
+            f"weighted {info['loss_weight']:.3f}"))]
+        if info['budget_capped']:
+            lines.append((logging.WARNING, (
+                'KCD infobatch: dropping every below-mean sample still '
+                f"leaves {record.kept} > {info['target']} planned; "
+                'later epochs are planned smaller to make up, and the '
+                f"run overspends KCD's budget {info['budget']} if "
+                'they cannot.')))
+        return lines
+
+    def state_dict(self) -> Dict:
+        return dict(
+            latest=self.latest.clone(),
+            upweighted=None
+            if self.upweighted is None else self.upweighted.clone(),
+            loss_weight=self.loss_weight)
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.latest.fill_(float('nan'))
+        if state.get('latest') is not None:
+            self.latest.copy_(state['latest'])
+        self.upweighted = state.get('upweighted')
+        self.loss_weight = float(state.get('loss_weight', 1.0))
+
+
+def build_selector(options, num_samples: int,
+                   max_epochs: Optional[int] = None, seed: int = 0,
+                   labels: Optional[torch.Tensor] = None) -> Selector:
+    """The selector ``options.strategy`` names, for this run."""
+    return SELECTORS.get(options.strategy)(options, num_samples, max_epochs,
+                                           seed, labels)
