@@ -13,7 +13,7 @@ selector that needs each epoch's values (InfoBatch) keeps its own copy.
 Pure torch, no mmengine.
 """
 import math
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -95,6 +95,12 @@ class KnowledgeBank:
         self._delta_visits.zero_()
         self._moments.zero_()
         return EpochDelta(delta_sum, delta_visits)
+
+    @property
+    def merged_counts(self) -> Tuple[int, int]:
+        """(recorded, skipped non-finite) values merged since the last
+        :meth:`pop_stats`."""
+        return int(self._merged_moments[2]), int(self._merged_moments[3])
 
     def pop_stats(self) -> Dict[str, float]:
         """Mean/std/count/skipped of the values merged since the last call."""

@@ -1,5 +1,9 @@
 """Every shim kcd_mm needs to run the pinned OpenMMLab stack on torch 2.x.
 
+Why one long module: the project keeps every workaround for the pinned
+stack in one place (docs/architecture.md), so a stack upgrade deletes
+shims here and nowhere else; each function is one shim.
+
 Imported first by ``kcd_mm/__init__.py`` and by every tool, before anything
 imports torchvision, mmpretrain or mmrazor. Each shim names the symptom it
 fixes (see ``docs/troubleshooting.md``) and does nothing where the stack is
@@ -9,10 +13,20 @@ Call :func:`apply` any number of times; it runs once.
 import importlib.util
 import os
 import os.path as osp
+import pickle
+import re
 import sys
 import types
+import zipfile
+from typing import Optional
 
+import numpy as np
 import torch
+
+try:
+    from numpy._core.multiarray import scalar as _NUMPY_SCALAR
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import scalar as _NUMPY_SCALAR
 
 _APPLIED = False
 # torch.library definitions are dropped when their Library object dies.
@@ -80,26 +94,181 @@ def _mmrazor_quantization() -> None:
         sys.modules[name] = stub
 
 
+def _numeric_dtype(spec) -> np.dtype:
+    """The numpy dtype a checkpoint names, if it is bool, integer, float or
+    complex; raises ``pickle.UnpicklingError`` for any other."""
+    dtype = None
+    if isinstance(spec, str):
+        try:
+            dtype = np.dtype(spec)
+        except (TypeError, ValueError):
+            pass
+    if (dtype is None or dtype.kind not in 'biufc' or dtype.hasobject
+            or dtype.fields is not None or dtype.subdtype is not None
+            or dtype.metadata):
+        raise pickle.UnpicklingError(
+            f'kcd_mm: refusing numpy dtype {spec!r} in a weights-only '
+            'checkpoint load: only bool, integer, float and complex arrays '
+            'and scalars can be loaded')
+    return dtype
+
+
+class _CheckedDType:
+    """Stands for ``numpy.dtype`` in weights-only loads: holds a numeric
+    dtype (checked when built) and takes only the state numpy pickles for
+    it, so a forged state (object flags, fields) never reaches numpy."""
+    __slots__ = ('dtype', )
+
+    def __init__(self, spec, align=False, copy=False):
+        self.dtype = _numeric_dtype(spec)
+
+    def __setstate__(self, state):
+        canonical = self.resolve().__reduce__()[2]
+        if not (isinstance(state, tuple) and len(state) == len(canonical)
+                and state[:1] + state[2:] == canonical[:1] + canonical[2:]
+                and state[1] in ('<', '>', '|', '=')):
+            raise pickle.UnpicklingError(
+                f'kcd_mm: refusing the pickled state {state!r} of numpy '
+                f'dtype {self.dtype.str!r} in a weights-only checkpoint load '
+                f'(numpy writes {canonical!r})')
+        if state[1] in ('<', '>'):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+    def resolve(self) -> np.dtype:
+        dtype = getattr(self, 'dtype', None)
+        if not isinstance(dtype, np.dtype):
+            raise pickle.UnpicklingError(
+                'kcd_mm: a numpy dtype in this checkpoint was not built by '
+                'numpy.dtype(...)')
+        return dtype
+
+
+def _resolve_dtype(spec) -> np.dtype:
+    if not isinstance(spec, _CheckedDType):
+        raise pickle.UnpicklingError(
+            f'kcd_mm: refusing {spec!r} as a numpy dtype in a weights-only '
+            'checkpoint load')
+    return spec.resolve()
+
+
+class _NumpyNdarray:
+    """Stands for ``numpy.ndarray`` in weights-only loads: usable only as
+    the first argument of numpy's ``_reconstruct``, never built."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError(
+            'kcd_mm: numpy.ndarray can only be rebuilt through numpy\'s '
+            '_reconstruct in a weights-only checkpoint load')
+
+
+class _CheckedArray(np.ndarray):
+    """What numpy's ``_reconstruct`` builds in weights-only loads: an
+    ndarray whose state is checked (numeric dtype, exact byte count) before
+    numpy copies the bytes in. It pickles as a plain ndarray, and a
+    HistoryBuffer turns it back into one when it is loaded."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError(
+            'kcd_mm: refusing to build a numpy array without numpy\'s '
+            '_reconstruct in a weights-only checkpoint load')
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5
+                and state[0] == 1):
+            raise pickle.UnpicklingError(
+                'kcd_mm: refusing a numpy array state that is not numpy\'s '
+                '(1, shape, dtype, is_fortran, bytes)')
+        _, shape, spec, fortran, raw = state
+        dtype = _resolve_dtype(spec)
+        if not (isinstance(shape, tuple)
+                and all(type(n) is int and n >= 0 for n in shape)
+                and isinstance(fortran, bool) and isinstance(raw, bytes)):
+            raise pickle.UnpicklingError(
+                f'kcd_mm: refusing a numpy array of shape {shape!r} whose '
+                'pickled state is not numpy\'s')
+        size = dtype.itemsize
+        for n in shape:
+            size *= n
+        if len(raw) != size:
+            raise pickle.UnpicklingError(
+                f'kcd_mm: refusing a numpy {dtype.str} array of shape '
+                f'{shape}: {len(raw)} bytes of data, {size} needed')
+        np.ndarray.__setstate__(self, (1, shape, dtype, fortran, raw))
+
+    def __reduce__(self):
+        return self.view(np.ndarray).__reduce__()
+
+    def __reduce_ex__(self, protocol):
+        return self.view(np.ndarray).__reduce_ex__(protocol)
+
+
+def _checked_reconstruct(subtype, shape, code):
+    """Stands for numpy's ``_reconstruct``: plain ndarrays only."""
+    if subtype is not _NumpyNdarray:
+        raise pickle.UnpicklingError(
+            f'kcd_mm: refusing to rebuild {subtype!r} in a weights-only '
+            'checkpoint load: plain numpy arrays only')
+    return np.ndarray.__new__(_CheckedArray, (0, ), 'b')
+
+
+def _checked_scalar(spec, data=None):
+    """Stands for numpy's ``scalar``: numeric scalars from their bytes."""
+    dtype = _resolve_dtype(spec)
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise pickle.UnpicklingError(
+            f'kcd_mm: refusing a numpy {dtype.str} scalar that is not '
+            f'{dtype.itemsize} bytes of data')
+    return _NUMPY_SCALAR(dtype, data)
+
+
 def _safe_checkpoint_globals() -> None:
     """``Unsupported global: mmengine.logging.history_buffer.HistoryBuffer``.
 
     torch >= 2.6 loads with ``weights_only=True`` and mmengine 0.10.7 passes
     no argument. Rather than turning the safe loader off (a checkpoint is a
     pickle that can run code), allow the few plain-data types an mmengine
-    Runner checkpoint holds: its message hub's HistoryBuffer and numpy
-    arrays and scalars. Anything else is still refused.
+    Runner checkpoint holds: its message hub's HistoryBuffer with 1-D
+    float64/int64 numpy arrays, and numpy float64 scalars (``eta``, metrics).
+
+    numpy's own globals are not allowed as they are: with them a file can
+    give a float dtype object flags, fields or a subarray (numpy's
+    ``dtype.__setstate__`` takes any), and numpy then copies raw bytes into
+    an array that claims to hold object pointers (where numpy follows them,
+    a segfault; numpy 2.4 hits internal errors instead, and ``--resume``
+    went on with such a forged file). The names
+    ``numpy.dtype``, ``numpy.ndarray`` and numpy's ``_reconstruct`` and
+    ``scalar`` (numpy 2 and numpy 1 module paths) resolve to stand-ins that
+    build bool, integer, float and complex arrays and scalars only, from
+    exactly numpy's pickled states; anything else (an object or structured
+    dtype, forged dtype flags, a byte count that does not match) is refused
+    with ``UnpicklingError: ... kcd_mm: refusing ...``. numpy's real types
+    never enter the allowed list. A HistoryBuffer's arrays load as plain
+    ndarrays; an array elsewhere loads as a private ndarray subclass that
+    pickles as a plain ndarray.
     """
-    import numpy as np
     from mmengine.logging.history_buffer import HistoryBuffer
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct, scalar
-    safe = [HistoryBuffer, _reconstruct, scalar, np.ndarray, np.dtype]
-    safe += [type(np.dtype(t)) for t in
-             ('bool', 'int8', 'uint8', 'int16', 'int32', 'int64', 'float16',
-              'float32', 'float64')]
+    safe = [HistoryBuffer, (_CheckedDType, 'numpy.dtype'),
+            (_NumpyNdarray, 'numpy.ndarray'),
+            (_CheckedArray, 'kcd_mm.compat._CheckedArray')]
+    for module in ('numpy._core.multiarray', 'numpy.core.multiarray'):
+        safe += [(_checked_reconstruct, f'{module}._reconstruct'),
+                 (_checked_scalar, f'{module}.scalar')]
     torch.serialization.add_safe_globals(safe)
+
+    original = HistoryBuffer.__setstate__
+    if getattr(original, '_kcd_plain_arrays', False):
+        return
+
+    def __setstate__(self, state):
+        if isinstance(state, dict):
+            for key, value in list(state.items()):
+                if type(value) is _CheckedArray:
+                    state[key] = value.view(np.ndarray)
+        original(self, state)
+
+    __setstate__._kcd_plain_arrays = True
+    __setstate__.__doc__ = original.__doc__
+    HistoryBuffer.__setstate__ = __setstate__
 
 
 def _history_buffer_methods() -> None:
@@ -131,6 +300,287 @@ def _history_buffer_methods() -> None:
 
     torch.serialization.add_safe_globals([(history_buffer_getattr,
                                            'builtins.getattr')])
+
+
+def _write_atomically(path: str, write, mode: str = 'wb') -> None:
+    """``write(f)`` to ``path`` so that a kill leaves either the old file
+    or the whole new one: a temporary ``<path>.tmp`` in the same folder,
+    fsynced, renamed over ``path``; then the folder is fsynced."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = path + '.tmp'
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened everywhere (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _AtomicTextFile:
+    """What ``open(<work_dir>/last_checkpoint, 'w')`` returns inside
+    mmengine's checkpoint hook: the text reaches the file atomically when
+    the ``with`` block ends without an error."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.parts = path, []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            text = ''.join(self.parts)
+            _write_atomically(self.path, lambda f: f.write(text), mode='w')
+        return False
+
+
+class _DeferredRemoval:
+    """A file backend whose ``remove``/``rmtree`` are only noted."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.removals = backend, []
+
+    def remove(self, path) -> None:
+        self.removals.append(('remove', path))
+
+    def rmtree(self, path) -> None:
+        self.removals.append(('rmtree', path))
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+def _atomic_checkpoints() -> None:
+    """``FileNotFoundError: .../epoch_N.pth can not be found.`` (or an
+    ``EOFError``, or ``PytorchStreamReader failed reading zip archive``) on
+    ``--resume`` after a run was killed while it saved a checkpoint.
+
+    mmengine 0.10.7's CheckpointHook, with ``max_keep_ckpts`` set (the
+    teacher and student configs keep 1), deletes the oldest checkpoint
+    before it writes the new one, and writes the checkpoint and
+    ``last_checkpoint`` in place: a kill in between leaves
+    ``last_checkpoint`` naming a deleted file and the new file truncated,
+    and the run is lost. Three narrow changes, each a no-op for a run that
+    is not killed:
+
+    * ``mmengine.runner.checkpoint.save_checkpoint`` (also under the names
+      ``mmengine.runner`` and the Runner imported it as) writes a local file
+      atomically: ``<name>.tmp`` in the same folder, fsync, rename. Other
+      storage (``backend_args``/``file_client_args``, ``pavi://``) goes to
+      mmengine's function unchanged.
+    * CheckpointHook's ``_save_checkpoint_with_step`` and
+      ``_save_best_checkpoint`` run unchanged, except that the checkpoints
+      they delete are deleted when they return: after the new checkpoint
+      and ``last_checkpoint`` are complete, never the file just written,
+      and not at all if saving failed.
+    * ``last_checkpoint`` is written atomically too: the hook module's
+      ``open`` answers ``open(<...>/last_checkpoint, 'w')`` (its only
+      ``open``) with a file renamed into place when it is closed.
+    """
+    import builtins
+    import functools
+
+    from mmengine.fileio import LocalBackend, get_file_backend
+    from mmengine.hooks import checkpoint_hook
+    from mmengine.runner import checkpoint as checkpoint_module
+
+    original = checkpoint_module.save_checkpoint
+    if not getattr(original, '_kcd_atomic', False):
+
+        @functools.wraps(original)
+        def save_checkpoint(checkpoint, filename, file_client_args=None,
+                            backend_args=None):
+            name = str(filename)
+            if (file_client_args is None and not name.startswith('pavi://')
+                    and isinstance(
+                        get_file_backend(name, backend_args=backend_args),
+                        LocalBackend)):
+                _write_atomically(name, lambda f: torch.save(checkpoint, f))
+                return
+            original(checkpoint, filename, file_client_args=file_client_args,
+                     backend_args=backend_args)
+
+        save_checkpoint._kcd_atomic = True
+        for name in ('mmengine.runner.checkpoint', 'mmengine.runner',
+                     'mmengine.runner.runner', 'mmengine._strategy.deepspeed',
+                     'mmengine._strategy.colossalai'):
+            module = sys.modules.get(name)
+            if getattr(module, 'save_checkpoint', None) is original:
+                module.save_checkpoint = save_checkpoint
+
+    def deferring(method):
+        if getattr(method, '_kcd_deferred', False):
+            return method
+
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            backend = getattr(self, 'file_backend', None)
+            if backend is None:
+                return method(self, *args, **kwargs)
+            deferred = _DeferredRemoval(backend)
+            self.file_backend = deferred
+            try:
+                method(self, *args, **kwargs)
+            finally:
+                self.file_backend = backend
+            written = {getattr(self, 'last_ckpt', None),
+                       getattr(self, 'best_ckpt_path', None)}
+            written.update((getattr(self, 'best_ckpt_path_dict', None)
+                            or {}).values())
+            for operation, path in deferred.removals:
+                if path not in written:
+                    getattr(backend, operation)(path)
+
+        wrapper._kcd_deferred = True
+        return wrapper
+
+    hook = checkpoint_hook.CheckpointHook
+    for name in ('_save_checkpoint_with_step', '_save_best_checkpoint'):
+        setattr(hook, name, deferring(getattr(hook, name)))
+
+    if not getattr(getattr(checkpoint_hook, 'open', None), '_kcd_atomic',
+                   False):
+
+        def hook_open(file, mode='r', *args, **kwargs):
+            if (mode == 'w' and not args and not kwargs
+                    and isinstance(file, str)
+                    and osp.basename(file) == 'last_checkpoint'):
+                return _AtomicTextFile(file)
+            return builtins.open(file, mode, *args, **kwargs)
+
+        hook_open._kcd_atomic = True
+        checkpoint_hook.open = hook_open
+
+
+_RESUMABLE_NAME = re.compile(r'(epoch|iter)_(\d+)\.pth')
+
+
+def _checkpoint_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be resumed from, or None if it looks complete:
+    a torch checkpoint is a zip file whose directory sits at its end, so a
+    truncated one has none."""
+    if not osp.exists(path):
+        return 'does not exist'
+    if osp.isdir(path):  # DeepSpeed's checkpoint folders: not judged here
+        return None
+    size = osp.getsize(path)
+    if size == 0:
+        return 'is empty (0 bytes)'
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        return f'is truncated or not a torch checkpoint ({size} bytes: {e})'
+    if not any(n == 'data.pkl' or n.endswith('/data.pkl') for n in names):
+        return 'is a zip file but not a torch checkpoint'
+    return None
+
+
+def _resume_skips_damaged_checkpoints() -> None:
+    """``FileNotFoundError: ... can not be found.``, ``EOFError`` or
+    ``RuntimeError: PytorchStreamReader failed reading zip archive`` from
+    an automatic resume (``tools/train.py --resume`` without a path, or
+    ``resume=True`` without ``load_from``).
+
+    mmengine 0.10.7's ``find_latest_checkpoint`` returns whatever
+    ``last_checkpoint`` holds: an empty string, a deleted file or a
+    truncated one (a run killed while saving, or a full disk), and the
+    resume fails. Wrapped (under every name mmengine imported it as): a
+    recorded checkpoint that is complete is returned as before; otherwise
+    the newest complete ``epoch_N.pth``/``iter_N.pth`` (by modification
+    time) in its folder or the work dir is returned, with a warning naming
+    each damaged file; with none, None (training starts from scratch, as
+    mmengine does without ``last_checkpoint``), also with the warning.
+    Paths of other storage backends (``s3://...``) are returned unchecked.
+    """
+    import logging
+
+    from mmengine.logging import print_log
+    from mmengine.runner import checkpoint as checkpoint_module
+
+    original = checkpoint_module.find_latest_checkpoint
+    if getattr(original, '_kcd_intact', False):
+        return
+
+    def find_latest_checkpoint(path: str) -> Optional[str]:
+        save_file = osp.join(path, 'last_checkpoint')
+        if not osp.exists(save_file):
+            recorded, damaged = None, []
+        else:
+            with open(save_file) as f:
+                recorded = f.read().strip()
+            if recorded and '://' in recorded:
+                return recorded
+            problem = _checkpoint_problem(recorded) if recorded else None
+            if recorded and problem is None:
+                return recorded
+            damaged = [f'{recorded} (named by {save_file}) {problem}'
+                       if recorded else f'{save_file} is empty']
+        folders = [path]
+        if recorded and osp.normpath(osp.dirname(recorded) or '.') != \
+                osp.normpath(path):
+            folders.insert(0, osp.dirname(recorded))
+        seen = {osp.realpath(recorded)} if recorded else set()
+        candidates = {}
+        for folder in folders:
+            if osp.isdir(folder):
+                for name in os.listdir(folder):
+                    match = _RESUMABLE_NAME.fullmatch(name)
+                    full = osp.join(folder, name)
+                    if (match and osp.isfile(full)
+                            and osp.realpath(full) not in seen):
+                        seen.add(osp.realpath(full))
+                        candidates[full] = (os.stat(full).st_mtime_ns,
+                                            int(match.group(2)))
+        chosen = None
+        for candidate in sorted(candidates, key=candidates.get,
+                                reverse=True):
+            problem = _checkpoint_problem(candidate)
+            if problem is None:
+                chosen = candidate
+                break
+            damaged.append(f'{candidate} {problem}')
+        if chosen is None and not damaged:
+            return original(path)  # nothing there: mmengine's message
+        found = '; '.join(damaged) or f'{save_file} does not exist'
+        if chosen is None:
+            print_log(
+                f'kcd_mm: {found}; no complete checkpoint in '
+                f'{" or ".join(folders)} to resume from: training starts '
+                'from scratch.', logger='current', level=logging.WARNING)
+        else:
+            print_log(
+                f'kcd_mm: {found}; resuming from {chosen}, the newest '
+                'complete checkpoint.', logger='current',
+                level=logging.WARNING)
+        return chosen
+
+    find_latest_checkpoint._kcd_intact = True
+    find_latest_checkpoint.__doc__ = original.__doc__
+    for name in ('mmengine.runner.checkpoint', 'mmengine.runner',
+                 'mmengine.runner.runner', 'mmengine.runner._flexible_runner'):
+        module = sys.modules.get(name)
+        if getattr(module, 'find_latest_checkpoint', None) is original:
+            module.find_latest_checkpoint = find_latest_checkpoint
 
 
 def _mmcls_config_paths() -> None:
@@ -359,6 +809,85 @@ def _cpu_ddp_device_ids() -> None:
     DistributedDataParallel.__init__ = __init__
 
 
+class _EpochStartQueue:
+    """A worker's index queue that calls ``epoch_start(worker_id)`` when
+    torch's ``_ResumeIteration`` (the next pass starts) comes through."""
+
+    def __init__(self, queue, epoch_start, worker_id: int) -> None:
+        self._queue = queue
+        self._epoch_start = epoch_start
+        self._worker_id = worker_id
+
+    def get(self, *args, **kwargs):
+        from torch.utils.data._utils.worker import _ResumeIteration
+        item = self._queue.get(*args, **kwargs)
+        if isinstance(item, _ResumeIteration):
+            self._epoch_start(self._worker_id)
+        return item
+
+    def __getattr__(self, name):
+        return getattr(self._queue, name)
+
+
+_TORCH_WORKER_LOOP = None  # torch's own, once _worker_epoch_start wrapped it
+
+
+def _epoch_start_worker_loop(dataset_kind, dataset, index_queue, data_queue,
+                             done_event, auto_collation, collate_fn,
+                             drop_last, base_seed, init_fn, worker_id, *args,
+                             **kwargs):
+    """torch's ``_worker_loop``, its index queue an
+    :class:`_EpochStartQueue` when ``init_fn`` has ``epoch_start``.
+    Module-level, so spawned workers unpickle it by name."""
+    from torch.utils.data._utils import worker
+    loop = _TORCH_WORKER_LOOP or worker._worker_loop
+    epoch_start = getattr(init_fn, 'epoch_start', None)
+    if callable(epoch_start):
+        index_queue = _EpochStartQueue(index_queue, epoch_start, worker_id)
+    return loop(dataset_kind, dataset, index_queue, data_queue, done_event,
+                auto_collation, collate_fn, drop_last, base_seed, init_fn,
+                worker_id, *args, **kwargs)
+
+
+def workers_hear_epoch_start() -> bool:
+    """Whether :func:`_worker_epoch_start` is in place (this torch's worker
+    loop has the signature it wraps)."""
+    return _TORCH_WORKER_LOOP is not None
+
+
+def _worker_epoch_start() -> None:
+    """A run resumed with ``persistent_workers=True`` ends with other
+    weights, values and kept sets than the uninterrupted run (augmentations
+    drawn in the workers differ).
+
+    Persistent DataLoader workers are seeded once, when they start, and
+    carry their RNGs from epoch to epoch; a resumed run's workers start
+    fresh. torch tells each live worker that the next pass starts (a
+    ``_ResumeIteration`` on its index queue) but, for map-style datasets,
+    runs no user code there. This shim adds that one call: a worker whose
+    ``worker_init_fn`` has an ``epoch_start(worker_id)`` method
+    (:class:`kcd_mm.seeding.WorkerSeeder`, which ``EpochSeedingHook`` puts
+    on the training loader) calls it on ``_ResumeIteration``, before the
+    pass's first sample. Workers of every other loader run torch's loop
+    unchanged. Not applied to a torch whose ``_worker_loop`` has another
+    signature; ``EpochSeedingHook`` then restarts persistent workers at
+    each epoch instead.
+    """
+    global _TORCH_WORKER_LOOP
+    from torch.utils.data._utils import worker
+    if _TORCH_WORKER_LOOP is not None:
+        return
+    import inspect
+    names = ['dataset_kind', 'dataset', 'index_queue', 'data_queue',
+             'done_event', 'auto_collation', 'collate_fn', 'drop_last',
+             'base_seed', 'init_fn', 'worker_id']
+    params = list(inspect.signature(worker._worker_loop).parameters)
+    if params[:len(names)] != names:
+        return
+    _TORCH_WORKER_LOOP = worker._worker_loop
+    worker._worker_loop = _epoch_start_worker_loop
+
+
 def set_max_iters(loop, max_iters: int) -> None:
     """Re-plan ``EpochBasedTrainLoop.max_iters``: the ETA follows KCD.
 
@@ -379,10 +908,13 @@ def apply() -> None:
     _mmrazor_quantization()
     _safe_checkpoint_globals()
     _history_buffer_methods()
+    _atomic_checkpoints()
+    _resume_skips_damaged_checkpoints()
     _mmcls_config_paths()
     _amp_bf16_on_cpu()
     _gloo_init_dist_on_cpu()
     _cpu_ddp_device_ids()
+    _worker_epoch_start()
     _APPLIED = True
 
 

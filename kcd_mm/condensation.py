@@ -73,11 +73,17 @@ def cost_aware_scores(value_sum: torch.Tensor, visits: torch.Tensor,
     return (visits / ref_epochs).pow(exponent) * mean_value
 
 
-def rank_samples(scores: torch.Tensor) -> torch.Tensor:
-    """Indices of all samples, highest score first; ties by lower index.
+def rank_samples(scores: torch.Tensor,
+                 tie_break: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Indices of all samples, highest score first.
+
+    Equal scores are ordered by ``tie_break`` (distinct ints in [0, N),
+    higher first; e.g. a seeded ``randperm``), else by lower index. A
+    seeded tie-break matters where many scores tie (all-equal values on
+    class-sorted data would otherwise drop whole classes by index).
 
     Scores are compared at float32 precision: each becomes one unique int64
-    key (order-preserving float bits, then the index), so an unstable
+    key (order-preserving float bits, then the tie-break), so an unstable
     quicksort gives the same order on every rank and platform, about 5x
     faster than a stable float64 sort (0.2 s -> 0.04 s at N = 1.28M).
     """
@@ -86,7 +92,9 @@ def rank_samples(scores: torch.Tensor) -> torch.Tensor:
         raise ValueError(f'rank_samples supports up to 2**31 samples, got {n}')
     bits = scores.float().view(torch.int32).to(torch.int64)
     bits = torch.where(bits < 0, -(bits & 0x7fffffff) - 1, bits)
-    keys = (bits << 31) | (n - 1 - torch.arange(n, dtype=torch.int64))
+    if tie_break is None:
+        tie_break = n - 1 - torch.arange(n, dtype=torch.int64)
+    keys = (bits << 31) | tie_break.to(torch.int64)
     return torch.from_numpy(np.argsort(-keys.numpy()))
 
 

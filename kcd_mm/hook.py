@@ -1,6 +1,10 @@
-"""KCDHook: KCD's E-step/M-step loop inside mmengine's training loop."""
+"""KCDHook: KCD's E-step/M-step loop inside mmengine's training loop.
+
+Over 250 lines because its docstring is the reference of every option;
+the methods read as KCD's loop: set up, each iteration, each epoch,
+E-step, checkpoint.
+"""
 import resource
-from dataclasses import asdict
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -13,11 +17,14 @@ from .compat import set_max_iters
 from .condensation import iterations_per_epoch
 from .labels import fingerprint
 from .options import KCDOptions
-from .records import CKPT_KEY, RECORD_FILE, RecordWriter, StageRecord
+from .records import (CKPT_KEY, RECORD_FILE, RecordWriter, StageRecord,
+                      check_record_file)
 from .seeding import EpochSeedingHook
 from .state import KCDState
-from .wiring import (check_setup, class_labels, find_recording_loss,
-                     find_sampler, warn_iteration_schedulers)
+from .wiring import (batch_ids, check_first_batch, check_same_dataset_on_ranks,
+                     check_setup, check_single_hook, class_labels,
+                     find_recording_loss, find_sampler, shared_seed,
+                     unwrap_summary, warn_iteration_schedulers)
 
 
 def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -94,36 +101,40 @@ class KCDHook(Hook):
             num_steps=num_steps,
             score_exponent=score_exponent,
             score_ref_epochs=score_ref_epochs,
-            lam_range=tuple(lam_range),
+            lam_range=lam_range,
             summary=summary,
             class_min_keep=class_min_keep,
             strategy=strategy,
             infobatch_full_epochs_ratio=infobatch_full_epochs_ratio)
-        self.record_file = record_file
+        self.record_file = check_record_file(record_file)
         self.seeding = EpochSeedingHook() if epoch_seeding else None
         self.state: Optional[KCDState] = None
         self._loaded: Optional[Dict] = None  # kcd_state of a resume
         self._epoch_samples = 0
         self._epoch_skipped = 0
+        self._first_batch_checked = False
 
     # ---------------------------------------------------------- set-up
     def before_train(self, runner) -> None:
         loader = runner.train_dataloader
         dataset = loader.dataset
+        check_single_hook(runner.hooks, KCDHook)
         self._sampler = find_sampler(loader)
         self._loss = find_recording_loss(runner.model)
-        check_setup(self.options, dataset, runner.train_loop,
+        check_setup(self.options, dataset, runner.train_loop, self._sampler,
                     get_world_size())
         labels = None
         if self.options.class_min_keep > 0:
             labels = class_labels(dataset)
+        data_fingerprint = fingerprint(unwrap_summary(dataset), labels)
+        if is_distributed():
+            check_same_dataset_on_ranks(len(dataset), data_fingerprint)
         self.state = KCDState(
             len(dataset), self.options, labels,
-            seed=runner.seed or 0,
+            seed=shared_seed(runner.seed or 0),
             max_epochs=runner.max_epochs,
-            fingerprint=fingerprint(getattr(dataset, 'dataset', dataset),
-                                    None if labels is None else
-                                    labels.numpy()))
+            fingerprint=data_fingerprint,
+            value_measure=self._loss.value)
         if self.state.selector.weights_losses:
             self._loss.check_splittable(
                 f'KCDHook(strategy={self.options.strategy!r})')
@@ -150,18 +161,11 @@ class KCDHook(Hook):
     # -------------------------------------------------- each iteration
     def before_train_iter(self, runner, batch_idx: int,
                           data_batch: Optional[dict] = None) -> None:
-        samples = data_batch['data_samples']
-        try:
-            idx = [s.metainfo['sample_idx'] for s in samples]
-        except KeyError:
-            raise KeyError(
-                'KCD needs sample_idx in every data sample: use an mmengine '
-                'BaseDataset (it adds sample_idx) and a pipeline ending in '
-                'PackInputs, which keeps it.') from None
-        labels = None  # only gathered for a value measure that uses them
-        if self._loss.needs_labels and 'gt_label' in samples[0]:
-            labels = torch.cat([s.gt_label.reshape(-1)[:1] for s in samples])
-        idx = torch.tensor(idx, dtype=torch.int64)
+        idx, labels = batch_ids(data_batch['data_samples'],
+                                self._loss.needs_labels)
+        if not self._first_batch_checked:
+            check_first_batch(self._sampler, idx)
+            self._first_batch_checked = True
         self._loss.set_batch(idx, labels, self.state.sample_weights(idx))
 
     def after_train_iter(self, runner, batch_idx: int,
@@ -195,6 +199,11 @@ class KCDHook(Hook):
         record = self.state.estep(epochs_done)
         record.peak_rss_mib = round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        if record.values_recorded == 0:
+            runner.logger.warning(
+                f'KCD stage {record.stage}: no knowledge value was recorded '
+                'since the last E-step (was the distill loss skipped, e.g. '
+                'after StopDistillHook?); it ranked by earlier values.')
         self._sampler.set_kept(*self.state.kept_and_pairs())
         self._plan_iterations(runner, epochs_done)
         if is_main_process():
@@ -214,12 +223,8 @@ class KCDHook(Hook):
                                     pairs.lam.numpy(),
                                     state.last_scores.numpy(),
                                     values.numpy())
-        kept = torch.zeros(state.num_samples, dtype=torch.bool)
-        kept[state.kept] = True
-        self._writer.add_value_histograms(runner.visualizer,
-                                          values[kept].numpy(),
-                                          values[~kept].numpy(),
-                                          record.epoch)
+        self._writer.add_value_histograms(runner.visualizer, values.numpy(),
+                                          state.kept.numpy(), record.epoch)
 
     def _plan_iterations(self, runner, start_epoch: int) -> None:
         """The logger's ETA follows the schedule, known in advance."""
@@ -251,16 +256,15 @@ class KCDHook(Hook):
         saved, self._loaded = self._loaded, None
         state = self.state
         state.load_state_dict(saved, log=runner.logger.log)
-        old = saved.get('options', {})
-        changed = {
-            k: (old[k], v)
-            for k, v in asdict(self.options).items()
-            if k in old and _differs(old[k], v)
-        }
+        changed = self.options.changes_from(saved.get('options', {}))
+        old_value = saved.get('value_measure')
+        if old_value is not None and old_value != state.value_measure:
+            changed['value'] = (old_value, state.value_measure)
         if changed:
             runner.logger.warning(
                 'KCD options differ from the checkpoint (saved, now): '
-                f'{changed}; the new ones apply from the next E-step.')
+                f'{changed}; the new ones apply from the next E-step (the '
+                "bank keeps the values recorded so far).")
         runner.logger.info(
             f'KCD resumed at stage {state.stage}: kept '
             f'{state.kept_size}/{state.num_samples}, '
@@ -270,15 +274,10 @@ class KCDHook(Hook):
         done = runner.epoch
         last = state.records[-1].epoch if state.records else 0
         if done in state.boundaries() and last < done:
-            # A finished run extended with more epochs: its last epoch was
-            # no boundary then, it is one now.
-            runner.logger.info(f'KCD: running the E-step after epoch {done} '
-                               'that the shorter run skipped.')
+            saved_epochs = saved.get('max_epochs')
+            why = ('that the shorter run skipped' if saved_epochs is not None
+                   and saved_epochs < runner.max_epochs else
+                   'that the current options schedule there')
+            runner.logger.info(
+                f'KCD: running the E-step after epoch {done} {why}.')
             self._estep(runner, done)
-
-
-def _differs(a, b) -> bool:
-    """Option values differ (a list and a tuple of equal items do not)."""
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return tuple(a) != tuple(b)
-    return a != b

@@ -1,6 +1,13 @@
-"""KCDOptions: the E-step's options, checked once, before any training."""
-from dataclasses import dataclass
-from typing import Optional, Tuple
+"""KCDOptions: the E-step's options, checked once, before any training.
+
+Every option is checked for its type and its range when the hook is
+built, so a typo in a config fails at once with the option, the value and
+the fix named, not at the first E-step, and never silently.
+"""
+import math
+import numbers
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional, Tuple
 
 from . import selection  # noqa: F401  (registers the built-in selectors)
 from .condensation import check_lam_range
@@ -40,55 +47,69 @@ class KCDOptions:
     infobatch_full_epochs_ratio: float = 0.125
 
     def __post_init__(self):
-        if self.strategy not in SELECTORS:
+        if not isinstance(self.strategy, str) or \
+                self.strategy not in SELECTORS:
             raise ValueError(
                 f'KCD strategy={self.strategy!r} is unknown: choose one of '
                 f'{tuple(SELECTORS.module_dict)} (kcd: value-ranked '
                 "condensation, the method; random: random subsets of KCD's "
                 "sizes; infobatch: InfoBatch pruning at KCD's sample "
                 'budget).')
-        if not isinstance(self.stage_epochs, int) or self.stage_epochs < 1:
-            raise ValueError(
-                f'KCD stage_epochs={self.stage_epochs!r} must be an integer '
-                '>= 1 (epochs between two condensations; reference: 40).')
-        if not 0.0 < float(self.theta) <= 1.0:
-            raise ValueError(
-                f'KCD theta={self.theta!r} must lie in (0, 1]: it is the '
-                'fraction of the training set kept at the end (reference: '
-                '0.7; 1.0 keeps everything).')
-        if not isinstance(self.num_steps, int) or self.num_steps < 1:
-            raise ValueError(
-                f'KCD num_steps={self.num_steps!r} must be an integer >= 1 '
-                '(condensations from N down to theta*N; reference: 6).')
-        if self.score_exponent < 0:
-            raise ValueError(
-                f'KCD score_exponent={self.score_exponent!r} must be >= 0 '
-                '(reference: 0.03; 0 ranks by mean value alone).')
-        if self.score_ref_epochs is not None and self.score_ref_epochs <= 0:
-            raise ValueError(
-                f'KCD score_ref_epochs={self.score_ref_epochs!r} must be > 0 '
-                'or None (None uses stage_epochs, as the reference does).')
-        if not 0.0 <= self.class_min_keep <= self.theta:
-            raise ValueError(
-                f'KCD class_min_keep={self.class_min_keep!r} must lie in '
-                f'[0, theta={self.theta}]: no more of a class can be kept '
-                'than of the whole set (0 turns balancing off).')
+        _integer('stage_epochs', self.stage_epochs,
+                 'epochs between two condensations; reference: 40')
+        _number('theta', self.theta, 0.0, 1.0, 'fraction of the training '
+                'set kept at the end; reference: 0.7, 1.0 keeps everything',
+                low_open=True)
+        _integer('num_steps', self.num_steps,
+                 'condensations from N down to theta*N; reference: 6')
+        _number('score_exponent', self.score_exponent, 0.0, None,
+                'reference: 0.03; 0 ranks by mean value alone')
+        if self.score_ref_epochs is not None:
+            _number('score_ref_epochs', self.score_ref_epochs, 0.0, None,
+                    'None uses stage_epochs, as the reference does',
+                    low_open=True)
+        if not isinstance(self.summary, bool):
+            raise TypeError(
+                f'KCD summary={self.summary!r} must be True (blend dropped '
+                'samples into the kept tail, the reference) or False '
+                '(prune only).')
+        _number('class_min_keep', self.class_min_keep, 0.0, self.theta,
+                f'no more of a class can be kept than of the whole set '
+                f'(theta={self.theta}); 0 turns balancing off')
         if self.class_min_keep > 0 and not self.selector.balances_classes:
             raise ValueError(
                 "KCD class_min_keep applies to strategy='kcd' only, not "
                 f'{self.strategy!r}; set class_min_keep=0.')
-        if not 0.0 <= self.infobatch_full_epochs_ratio < 1.0:
-            raise ValueError(
-                'KCD infobatch_full_epochs_ratio='
-                f'{self.infobatch_full_epochs_ratio!r} must lie in [0, 1): '
-                'the fraction of final epochs on all data (InfoBatch: '
-                '0.125).')
-        object.__setattr__(self, 'lam_range', check_lam_range(self.lam_range))
+        _number('infobatch_full_epochs_ratio',
+                self.infobatch_full_epochs_ratio, 0.0, 1.0,
+                'the fraction of final epochs on all data; InfoBatch: 0.125',
+                high_open=True)
+        lam_range = self.lam_range
+        if isinstance(lam_range, (str, bytes)) or not hasattr(
+                lam_range, '__len__') or len(lam_range) != 2 or not all(
+                    _is_real(x) for x in lam_range):
+            raise TypeError(
+                f'KCD lam_range={lam_range!r} must be two numbers '
+                '(lam_min, lam_max); the reference uses (0.7, 1.0).')
+        object.__setattr__(self, 'lam_range', check_lam_range(lam_range))
 
     @property
     def selector(self) -> type:
         """The selector class ``strategy`` names."""
         return SELECTORS.get(self.strategy)
+
+    def changes_from(self, saved: Dict) -> Dict[str, Tuple]:
+        """``{name: (saved, now)}`` of the options that differ from a saved
+        ``asdict`` (a list and a tuple of equal items do not differ)."""
+
+        def norm(v):
+            return tuple(v) if isinstance(v, (list, tuple)) else v
+
+        return {
+            k: (saved[k], v)
+            for k, v in asdict(self).items()
+            if k in saved and norm(saved[k]) != norm(v)
+        }
 
     @property
     def ref_epochs(self) -> float:
@@ -98,3 +119,32 @@ class KCDOptions:
     def blends(self) -> bool:
         """Summary pairs are formed (only KCD's condensation has them)."""
         return self.summary and self.selector.forms_pairs
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _integer(name: str, value, why: str) -> None:
+    """An int >= 1 (not a bool, a float or a string)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f'KCD {name}={value!r} must be an integer >= 1 '
+                        f'({why}).')
+    if value < 1:
+        raise ValueError(f'KCD {name}={value!r} must be an integer >= 1 '
+                         f'({why}).')
+
+
+def _number(name: str, value, low: float, high: Optional[float], why: str,
+            low_open: bool = False, high_open: bool = False) -> None:
+    """A finite real number in [low, high] (ends open where asked)."""
+    left, right = '(' if low_open else '[', ')' if high_open else ']'
+    span = f'{left}{low}, {"inf)" if high is None else f"{high}{right}"}'
+    if not _is_real(value):
+        raise TypeError(f'KCD {name}={value!r} must be a number in {span} '
+                        f'({why}).')
+    ok = math.isfinite(value) and (value > low if low_open else value >= low)
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ValueError(f'KCD {name}={value!r} must lie in {span} ({why}).')

@@ -1,5 +1,8 @@
 """What a KCD run writes into its work dir, and how to read it back.
 
+Why one module over 250 lines: the names, the record schema, the writer
+and the readers change together (issue 9 asked for one home).
+
 * ``kcd_stages.jsonl``: one :class:`StageRecord` per E-step (rank 0);
 * ``kcd_stages/stage_NNN.npz``: who was kept, blended and dropped at each
   stage, with every sample's score and mean knowledge value
@@ -15,6 +18,8 @@ import json
 import os
 import os.path as osp
 import time
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional, Sequence
 
@@ -23,6 +28,8 @@ import numpy as np
 RECORD_FILE = 'kcd_stages.jsonl'
 SNAPSHOT_DIR = 'kcd_stages'
 CKPT_KEY = 'kcd_state'  # KCD's entry in a Runner checkpoint
+# The arrays of a stage snapshot, as StageSnapshot names them.
+SNAPSHOT_ARRAYS = ('kept', 'tail', 'lost', 'lam', 'scores', 'mean_values')
 
 
 def snapshot_path(work_dir: str, stage: int) -> str:
@@ -109,6 +116,19 @@ class StageRecord:
         return out
 
 
+def check_record_file(name: str) -> str:
+    """``record_file`` must be a plain file name: it lives in the work dir,
+    next to the snapshots, and the tools find it there."""
+    if not isinstance(name, str) or not name or name != osp.basename(
+            name) or name in ('.', '..') or name == SNAPSHOT_DIR:
+        raise ValueError(
+            f'KCDHook record_file={name!r} must be a plain file name such '
+            f"as {RECORD_FILE!r}: the record is written into the run's work "
+            'dir (no folders, no absolute path; to keep records elsewhere, '
+            'set work_dir).')
+    return name
+
+
 class RecordWriter:
     """Writes the stage record and snapshots of one run (rank 0 only).
 
@@ -172,19 +192,19 @@ class RecordWriter:
         os.replace(tmp, path)
 
     @staticmethod
-    def add_value_histograms(visualizer, kept_values, dropped_values,
-                             step: int) -> None:
-        """Mean knowledge values of kept and dropped samples, for
-        TensorBoard: mmengine's visualizer has no histogram call, so the
-        TensorBoard backend's writer is used when there is one."""
+    def add_value_histograms(visualizer, values, kept, step: int) -> None:
+        """Mean knowledge values of the kept and of the dropped samples,
+        for TensorBoard: mmengine's visualizer has no histogram call, so
+        the TensorBoard backend's writer is used when there is one."""
         backend = visualizer.get_backend('TensorboardVisBackend')
         if backend is None:
             return
-        for tag, part in (('kcd/value_kept', kept_values),
-                          ('kcd/value_dropped', dropped_values)):
+        mask = np.zeros(len(values), dtype=bool)
+        mask[np.asarray(kept)] = True
+        for tag, part in (('kcd/value_kept', values[mask]),
+                          ('kcd/value_dropped', values[~mask])):
             if len(part):
-                backend.experiment.add_histogram(tag, np.asarray(part),
-                                                 global_step=step)
+                backend.experiment.add_histogram(tag, part, global_step=step)
 
 
 # ------------------------------------------------------------- readers
@@ -259,19 +279,29 @@ def read_snapshots(work_dir: str) -> List[StageSnapshot]:
         work_dir (str): The run's work dir.
 
     Returns:
-        list[StageSnapshot]: Empty when the run wrote none.
+        list[StageSnapshot]: Empty when the run wrote none. A snapshot that
+        cannot be read (truncated, empty, not an ``.npz``, an array
+        missing) is left out with a warning naming it; a ``.tmp`` left by
+        a killed write is not a snapshot and is ignored.
     """
     paths = glob.glob(osp.join(work_dir, SNAPSHOT_DIR, 'stage_[0-9]*.npz'))
     snapshots = []
     for path in paths:
         stage = int(osp.basename(path)[len('stage_'):-len('.npz')])
-        with np.load(path) as data:
-            snapshots.append(
-                StageSnapshot(
-                    stage=stage,
-                    **{k: data[k]
-                       for k in ('kept', 'tail', 'lost', 'lam', 'scores',
-                                 'mean_values')}))
+        try:  # the file is ours to close, even when numpy fails on it
+            with open(path, 'rb') as f:
+                data = np.load(f)
+                if not isinstance(data, np.lib.npyio.NpzFile):
+                    raise ValueError('not an .npz archive')
+                with data:
+                    arrays = {k: data[k] for k in SNAPSHOT_ARRAYS}
+        except (zipfile.BadZipFile, EOFError, ValueError, KeyError,
+                OSError) as e:
+            warnings.warn(
+                f'kcd_mm: skipped the damaged snapshot {path} '
+                f'({type(e).__name__}: {e})', stacklevel=2)
+            continue
+        snapshots.append(StageSnapshot(stage=stage, **arrays))
     return sorted(snapshots, key=lambda s: s.stage)
 
 

@@ -1,5 +1,8 @@
 """Selectors: how the kept set is chosen at each E-step, one class each.
 
+Why one module over 250 lines: the three registered selectors are short
+classes of one interface, read best side by side.
+
 :class:`KCDState` holds one selector, built from
 :data:`kcd_mm.registry.SELECTORS` by ``KCDHook(strategy=...)``, and asks
 it, at every boundary it names, for the next kept set. The selector owns
@@ -129,7 +132,12 @@ class KCDSelector(Selector):
     balances_classes = True
 
     def _order(self, scores: torch.Tensor, stage: int) -> torch.Tensor:
-        return rank_samples(scores)
+        # Ties (e.g. all-equal values) broken by a seeded permutation,
+        # the same on every rank, not by index.
+        return rank_samples(
+            scores,
+            random_order(self.num_samples,
+                         seeded_generator(self.seed, -stage)))
 
     def select(self, bank: KnowledgeBank, current_size: int, stage: int,
                epoch: int, spent: int) -> Selection:

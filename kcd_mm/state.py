@@ -15,6 +15,7 @@ import torch
 
 from .bank import KnowledgeBank, ReduceFn
 from .condensation import Condensation
+from .labels import fingerprint_scheme, same_dataset
 from .options import KCDOptions
 from .records import StageRecord
 from .selection import build_selector
@@ -38,6 +39,9 @@ class KCDState:
         fingerprint (str, optional): identifies the training set beyond its
             size (a hash of its labels); a resume refuses a checkpoint whose
             fingerprint differs.
+        value_measure (str, optional): the knowledge value measure the
+            bank's values come from (saved, so a resume can say when it
+            changes).
     """
 
     def __init__(self,
@@ -46,7 +50,8 @@ class KCDState:
                  labels: Optional[torch.Tensor] = None,
                  seed: int = 0,
                  max_epochs: Optional[int] = None,
-                 fingerprint: Optional[str] = None) -> None:
+                 fingerprint: Optional[str] = None,
+                 value_measure: Optional[str] = None) -> None:
         if options.class_min_keep > 0 and (labels is None
                                            or labels.numel() != num_samples):
             raise ValueError('class_min_keep needs one label per sample')
@@ -54,6 +59,7 @@ class KCDState:
         self.num_samples = int(num_samples)
         self.max_epochs = max_epochs
         self.fingerprint = fingerprint
+        self.value_measure = value_measure
         self.selector = build_selector(options, num_samples, max_epochs,
                                        seed, labels)
         self.bank = KnowledgeBank(num_samples)
@@ -117,6 +123,14 @@ class KCDState:
         choice then depends only on the merged totals and the seed, so
         every rank computes the same kept set.
         """
+        recorded, skipped = self.bank.merged_counts
+        if recorded == 0 and skipped > 0:
+            raise RuntimeError(
+                f'KCD E-step after epoch {epoch}: every knowledge value '
+                f'recorded since the last E-step was NaN or inf ({skipped}),'
+                ' so condensing would drop samples blindly. Check the '
+                "student's logits (a NaN loss, a diverged run) or the value "
+                'measure; the last checkpoint holds the run before this.')
         start = time.perf_counter()
         choice = self.selector.select(self.bank, self.kept_size,
                                       self.stage + 1, epoch,
@@ -151,6 +165,8 @@ class KCDState:
             version=STATE_VERSION,
             options=asdict(self.options),
             num_samples=self.num_samples,
+            max_epochs=self.max_epochs,
+            value_measure=self.value_measure,
             fingerprint=self.fingerprint,
             seed=self.seed,
             selector=dict(
@@ -181,15 +197,25 @@ class KCDState:
                 f'{self.num_samples}. Resume with the same dataset, or start '
                 'a new run (load_from= instead of resume).')
         saved = state.get('fingerprint')  # absent before it was recorded
-        if saved and self.fingerprint and saved != self.fingerprint:
+        same = same_dataset(saved, self.fingerprint)
+        if same is False:
             raise ValueError(
                 f'The checkpoint\'s KCD state is for another training set of '
-                f'the same size ({self.num_samples} samples, but the labels '
-                'differ in value or order: another ann_file, data_root, '
-                'indices or class order). KCD\'s values and kept set name '
-                'samples by position, so they would land on the wrong '
-                'images. Resume with the same dataset, or start a new run '
-                '(load_from= instead of resume).')
+                f'the same size ({self.num_samples} samples, but the samples '
+                'differ: other files (paths below the data root), images or '
+                'labels, or the same in another order: another ann_file, '
+                'folder contents, indices or class order). KCD\'s values and '
+                'kept set name samples by position, so they would land on '
+                'the wrong images. Resume with the same dataset, or start a '
+                'new run (load_from= instead of resume).')
+        if same is None and saved and self.fingerprint and log is not None:
+            log(logging.WARNING,
+                'KCD: the checkpoint identifies its training set by an older '
+                f'fingerprint ({fingerprint_scheme(saved)}, labels only) '
+                f'than this run ({fingerprint_scheme(self.fingerprint)}): '
+                'only N and the labels were compared, not the files or '
+                'images. Make sure it is the same dataset; checkpoints '
+                'written from here on carry the new fingerprint.')
         state = upgrade_state(state)
         self.bank.load_state_dict(state['bank'])
         self.kept = state['kept']

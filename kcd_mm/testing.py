@@ -1,5 +1,8 @@
 """Tiny data and configs for real mmengine Runner runs, in seconds.
 
+Why one long module: the builders compose (folder -> classifier -> KD ->
+KCD config), and tests and benchmarks import them from one place.
+
 Like ``mmengine.testing``: builders that the tests and the benchmarks
 (``benchmarks/bench_overhead.py``) share, so a script need not reach into
 ``tests/``. Not imported by ``kcd_mm`` itself; mmengine and cv2 are

@@ -3,10 +3,12 @@
 Each measure maps a batch's student logits, teacher logits and hard labels
 to one non-negative-ish value per sample; higher means the student has
 absorbed less of the teacher's knowledge on that sample, so it is worth
-keeping. All use ``log_softmax`` so an underflowed probability never gives
-``0 * log 0 = NaN`` (the reference's ``p * log(p)`` does). Pure torch, no
-gradients; each is registered in :data:`kcd_mm.registry.VALUE_MEASURES`
-under the name ``ValueWeightedLoss(value=...)`` takes.
+keeping. All work in ``log_softmax`` space and count ``0 * log 0`` as 0,
+so an underflowed probability or a masked class (logit -inf) gives a
+finite value, not NaN (the reference's ``p * log(p)`` does not). Pure
+torch, no gradients; each is registered in
+:data:`kcd_mm.registry.VALUE_MEASURES` under the name
+``ValueWeightedLoss(value=...)`` takes.
 """
 from typing import Callable, Optional
 
@@ -32,13 +34,19 @@ def value_measure(name: str, needs_teacher: bool, needs_labels: bool
     return wrap
 
 
+def _row_sums(log_p: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
+    """Row sums of ``terms`` = p * (...), counting 0 where p = 0."""
+    return torch.where(log_p.isneginf(), torch.zeros_like(terms),
+                       terms).sum(dim=1)
+
+
 @value_measure('entropy', needs_teacher=False, needs_labels=False)
 def student_entropy(preds_S: torch.Tensor,
                     preds_T: Optional[torch.Tensor] = None,
                     labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """H(p_S) at temperature 1: the reference's value (teacher unused)."""
     log_p = F.log_softmax(preds_S.float(), dim=1)
-    return -(log_p.exp() * log_p).sum(dim=1)
+    return -_row_sums(log_p, log_p.exp() * log_p)
 
 
 @value_measure('teacher_kl', needs_teacher=True, needs_labels=False)
@@ -48,7 +56,7 @@ def teacher_student_kl(preds_S: torch.Tensor,
     """KL(p_T || p_S): what the student still misses of the teacher."""
     log_s = F.log_softmax(preds_S.float(), dim=1)
     log_t = F.log_softmax(preds_T.float(), dim=1)
-    return (log_t.exp() * (log_t - log_s)).sum(dim=1)
+    return _row_sums(log_t, log_t.exp() * (log_t - log_s))
 
 
 @value_measure('ce', needs_teacher=False, needs_labels=True)

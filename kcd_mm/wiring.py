@@ -4,11 +4,14 @@ Everything here runs in ``before_train``, before the first iteration, so
 a configuration KCD cannot run fails with the option and the fix named
 before any training time is spent.
 """
+import math
+
 import torch
-from mmengine.dataset import ConcatDataset
+from mmengine.dataset import ClassBalancedDataset, ConcatDataset, RepeatDataset
+from mmengine.dist import all_gather_object, broadcast
 from mmengine.runner import EpochBasedTrainLoop
 
-from .condensation import keep_schedule
+from .condensation import iterations_per_epoch, keep_schedule
 from .dataset import KnowledgeSummaryDataset
 from .labels import dataset_labels
 from .loss import ValueWeightedLoss
@@ -29,6 +32,17 @@ def find_sampler(loader) -> KCDSampler:
     return sampler
 
 
+def check_single_hook(hooks, hook_type: type) -> None:
+    """Refuse two KCD hooks: each would record every stage, and the one
+    whose bank saw nothing would decide the kept set."""
+    count = sum(isinstance(h, hook_type) for h in hooks)
+    if count > 1:
+        raise ValueError(
+            f'custom_hooks holds {count} KCDHooks; a run takes exactly one '
+            '(each would condense the same sampler). Keep one '
+            "dict(type='mmrazor.KCDHook', ...).")
+
+
 def find_recording_loss(model) -> ValueWeightedLoss:
     """The model's one :class:`ValueWeightedLoss` with ``record=True``."""
     losses = [
@@ -44,7 +58,8 @@ def find_recording_loss(model) -> ValueWeightedLoss:
     return losses[0]
 
 
-def check_setup(options: KCDOptions, dataset, loop, world_size: int) -> None:
+def check_setup(options: KCDOptions, dataset, loop, sampler,
+                world_size: int) -> None:
     """Refuse configurations KCD cannot run, before any iteration."""
     if options.blends and not isinstance(dataset, KnowledgeSummaryDataset):
         raise TypeError(
@@ -52,11 +67,20 @@ def check_setup(options: KCDOptions, dataset, loop, world_size: int) -> None:
             "train_dataloader.dataset=dict(type='mmrazor."
             "KnowledgeSummaryDataset', dataset=<your dataset>); or set "
             'summary=False for prune-only KCD.')
-    if isinstance(getattr(dataset, 'dataset', dataset), ConcatDataset):
+    inner = unwrap_summary(dataset)
+    if isinstance(inner, ConcatDataset):
         raise TypeError(
             'KCD cannot tell the samples of a ConcatDataset apart: its '
             'parts repeat sample_idx. Merge the annotation files into '
             'one dataset.')
+    if isinstance(inner, (RepeatDataset, ClassBalancedDataset)):
+        raise TypeError(
+            f'KCD cannot condense a {type(inner).__name__}: it shows each '
+            'sample under several positions, but KCD values, ranks and '
+            'keeps samples by position, so half a kept set would repeat '
+            'what the other half trains. Use the plain dataset: for '
+            'RepeatDataset(times=k) train k times the epochs (and stages); '
+            'for class balance use KCDHook(class_min_keep=...).')
     if not isinstance(loop, EpochBasedTrainLoop):
         raise TypeError('KCDHook needs an epoch-based train loop '
                         "(train_cfg=dict(by_epoch=True, ...)).")
@@ -65,18 +89,97 @@ def check_setup(options: KCDOptions, dataset, loop, world_size: int) -> None:
             f'KCDHook stage_epochs={options.stage_epochs} exceeds the run '
             f'({loop.max_epochs} epochs): no condensation would happen. '
             'Choose stage_epochs <= max_epochs / 2.')
-    floor = keep_schedule(len(dataset), options.theta, options.num_steps,
+    num_samples = len(dataset)
+    floor = keep_schedule(num_samples, options.theta, options.num_steps,
                           options.stage_epochs, loop.max_epochs)[-1]
     if floor < world_size:
         raise ValueError(
             f'KCDHook theta={options.theta} would keep {floor} of '
-            f'{len(dataset)} samples, fewer than the {world_size} '
+            f'{num_samples} samples, fewer than the {world_size} '
             'rank(s) need; raise theta.')
+    step = math.floor(num_samples * (1.0 - options.theta) / options.num_steps)
+    if options.theta < 1.0 and step == 0:
+        raise ValueError(
+            f'KCDHook num_steps={options.num_steps} with theta='
+            f'{options.theta} drops floor({num_samples} x '
+            f'{1 - options.theta:.3g} / {options.num_steps}) = 0 samples per '
+            'E-step: KCD would never condense. Lower num_steps or theta.')
+    if world_size > 1 and not sampler.round_up:
+        raise ValueError(
+            'KCDSampler(round_up=False) on several ranks gives them shards '
+            'of different sizes, so their iterations (and collectives) '
+            'would not match; use round_up=True (the default).')
+    loader = loop.dataloader
+    if loader.batch_size and loader.drop_last and iterations_per_epoch(
+            floor, loader.batch_size, world_size, drop_last=True) == 0:
+        raise ValueError(
+            f'train_dataloader drop_last=True with batch_size='
+            f'{loader.batch_size} would run no iteration once KCD keeps '
+            f'{floor} samples ({world_size} rank(s)): raise theta, lower '
+            'the batch size, or set drop_last=False.')
+
+
+def batch_ids(samples, with_labels: bool):
+    """``(sample_idx, labels)`` of a batch's data samples; labels (first
+    label of each) only when asked for and present, else None."""
+    try:
+        idx = [s.metainfo['sample_idx'] for s in samples]
+    except KeyError:
+        raise KeyError(
+            'KCD needs sample_idx in every data sample: use an mmengine '
+            'BaseDataset (it adds sample_idx) and a pipeline ending in '
+            'PackInputs, which keeps it.') from None
+    labels = None
+    if with_labels and 'gt_label' in samples[0]:
+        labels = torch.cat([s.gt_label.reshape(-1)[:1] for s in samples])
+    return torch.tensor(idx, dtype=torch.int64), labels
+
+
+def check_first_batch(sampler, sample_idx: torch.Tensor) -> None:
+    """The first batch's ``sample_idx`` must be the positions the sampler
+    yielded: KCD names samples by position, so a dataset or pipeline that
+    numbers them otherwise would value and keep the wrong samples."""
+    keys = list(iter(sampler))[:sample_idx.numel()]
+    want = [k[0] if isinstance(k, tuple) else k for k in keys]
+    if sample_idx.tolist() != want:
+        raise ValueError(
+            f'The first batch carries sample_idx {sample_idx.tolist()[:8]} '
+            f'but the sampler yielded positions {want[:8]}: KCD needs '
+            "sample_idx == position in the dataset (mmengine's BaseDataset "
+            'sets it so; do not change it in get_data_info, load_data_list '
+            'or the pipeline).')
+
+
+def check_same_dataset_on_ranks(num_samples: int, fingerprint) -> None:
+    """All ranks must train on one dataset: KCD merges their values by
+    position. Compares N and the fingerprint over all ranks."""
+    seen = all_gather_object((num_samples, fingerprint))
+    if any(item != seen[0] for item in seen):
+        raise ValueError(
+            'The ranks see different training sets (N, fingerprint per '
+            f'rank: {seen}); KCD merges values by position, so every rank '
+            'must build the same dataset (same ann_file, data_root, '
+            'indices).')
+
+
+def shared_seed(seed: int) -> int:
+    """Rank 0's seed on every rank: random selections must be identical on
+    all ranks, also with ``randomness.diff_rank_seed=True``."""
+    value = torch.tensor([int(seed)], dtype=torch.int64)
+    broadcast(value, src=0)
+    return int(value)
+
+
+def unwrap_summary(dataset):
+    """The dataset inside a KnowledgeSummaryDataset (else ``dataset``)."""
+    if isinstance(dataset, KnowledgeSummaryDataset):
+        return dataset.dataset
+    return dataset
 
 
 def class_labels(dataset) -> torch.Tensor:
     """One class index per sample, for ``class_min_keep``."""
-    inner = getattr(dataset, 'dataset', dataset)
+    inner = unwrap_summary(dataset)
     try:
         return torch.from_numpy(dataset_labels(inner))
     except (AttributeError, KeyError, TypeError) as error:

@@ -23,7 +23,7 @@ def repo_root() -> str:
     return REPO_ROOT
 
 
-def tests_on_path(**env: str) -> Dict[str, str]:
+def probe_env(**env: str) -> Dict[str, str]:
     """``env`` plus a PYTHONPATH starting with tests/, so a subprocess run
     can ``custom_imports`` the probe hooks of tests/kcd_probe.py."""
     path = os.pathsep.join(p for p in (TESTS_DIR, os.environ.get(

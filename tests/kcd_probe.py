@@ -2,6 +2,8 @@
 
 Imported by subprocess runs through ``custom_imports`` (tests/ is put on
 PYTHONPATH), so a test can compare ranks after a real multi-process run.
+``PauseHook``, ``CheckpointKillHook`` and ``SnapshotKillHook`` stop a run at
+a chosen point (the last two SIGKILL it halfway through a write).
 """
 import hashlib
 import json
@@ -125,3 +127,77 @@ class BlendProbeHook(Hook):
             f.write(json.dumps(dict(epoch=runner.epoch + 1,
                                     blended=self._blended, plain=self._plain,
                                     wrong=self._wrong)) + '\n')
+
+
+def _die_writing(f, data: bytes) -> None:
+    """Write the first half of ``data`` to the open file ``f``, make it
+    durable, then SIGKILL this process: a kill in the middle of a write."""
+    import os
+    import signal
+    f.write(data[:len(data) // 2])
+    f.flush()
+    os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@HOOKS.register_module()
+class CheckpointKillHook(Hook):
+    """SIGKILLs the run halfway through writing epoch ``epoch``'s checkpoint
+    to disk, wherever mmengine (or a shim) writes it: a ``torch.save`` into
+    a real file, or mmengine's ``LocalBackend.put`` of the bytes."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        import io
+        import os
+
+        from mmengine.fileio import LocalBackend
+        if checkpoint['meta'].get('epoch') != self.epoch:
+            return
+        name = f'epoch_{self.epoch}.pth'
+        torch_save, put = torch.save, LocalBackend.put
+
+        def save(obj, f, *args, **kwargs):
+            if obj is not checkpoint or isinstance(f, io.BytesIO):
+                return torch_save(obj, f, *args, **kwargs)
+            buf = io.BytesIO()
+            torch_save(obj, buf, *args, **kwargs)
+            if isinstance(f, (str, os.PathLike)):
+                f = open(f, 'wb')
+            _die_writing(f, buf.getvalue())
+
+        def put_(backend, obj, filepath):
+            if osp.basename(str(filepath)) != name:
+                return put(backend, obj, filepath)
+            with open(filepath, 'wb') as f:
+                _die_writing(f, obj)
+
+        torch.save, LocalBackend.put = save, put_
+
+
+@HOOKS.register_module()
+class SnapshotKillHook(Hook):
+    """SIGKILLs the run halfway through writing stage ``stage``'s snapshot
+    (``kcd_stages/stage_NNN.npz``, through ``numpy.savez``)."""
+
+    def __init__(self, stage: int) -> None:
+        self.stage = stage
+
+    def before_train(self, runner) -> None:
+        import io
+
+        import numpy as np
+        savez, name = np.savez, f'stage_{self.stage:03d}.npz'
+
+        def kill_savez(file, *args, **kwargs):
+            if name not in osp.basename(str(getattr(file, 'name', file))):
+                return savez(file, *args, **kwargs)
+            buf = io.BytesIO()
+            savez(buf, *args, **kwargs)
+            if not hasattr(file, 'write'):
+                file = open(file, 'wb')
+            _die_writing(file, buf.getvalue())
+
+        np.savez = kill_savez

@@ -26,6 +26,7 @@ import kcd_mm.compat  # noqa: E402,F401,I001  isort:skip
 import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
+from mmengine.runner import find_latest_checkpoint  # noqa: E402
 
 import kcd_mm  # noqa: E402,F401  registers kcd_mm's modules
 import tool_utils  # noqa: E402  tools/tool_utils.py, a sibling
@@ -129,19 +130,30 @@ def enable_auto_scale_lr(cfg) -> None:
 
 def set_resume(cfg, resume) -> None:
     """Apply ``--resume``: ``'auto'`` for the latest checkpoint in the work
-    dir, a path for that checkpoint, None to leave the config as it is."""
+    dir, a path for that checkpoint, None to leave the config as it is.
+
+    ``'auto'`` takes the checkpoint ``last_checkpoint`` names; if that is
+    missing, empty, truncated or gone (a run killed while saving), the
+    newest complete ``epoch_N.pth``/``iter_N.pth`` of the work dir, with a
+    warning naming the damaged file (``find_latest_checkpoint`` as
+    ``kcd_mm.compat`` wraps it). With none, training starts from scratch.
+    """
     if resume is None:
         return
     cfg.resume = True
     if resume == 'auto':
-        cfg.load_from = None
-        last = osp.join(cfg.work_dir, 'last_checkpoint')
-        if not osp.exists(last):
+        latest = None
+        if osp.isdir(cfg.work_dir):
+            latest = find_latest_checkpoint(cfg.work_dir)
+        cfg.load_from = latest
+        if latest is None:
             print_log(
-                f'--resume: no checkpoint recorded in {cfg.work_dir}; '
+                f'--resume: no checkpoint to resume from in {cfg.work_dir}; '
                 'training starts from scratch.',
                 logger='current',
                 level=logging.WARNING)
+        else:
+            print_log(f'--resume: resuming from {latest}', logger='current')
     else:
         cfg.load_from = resume
 

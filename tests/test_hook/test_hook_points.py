@@ -44,6 +44,7 @@ def wired(tmp_path):
         dict(type='ValueWeightedLoss', loss=dict(type='KLDivergence'),
              _scope_='mmrazor')).train()
     hook._writer = RecordWriter(str(tmp_path))
+    hook._first_batch_checked = True  # test_edge_cases checks the check
     loop = SimpleNamespace(iter=0, _max_iters=0)
     runner = SimpleNamespace(
         epoch=0, seed=7, work_dir=str(tmp_path), train_loop=loop,

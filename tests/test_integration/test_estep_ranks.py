@@ -59,3 +59,28 @@ def test_two_ranks_equal_one_process(tmp_path):
         assert torch.allclose(state['bank']['value_sum'],
                               single['bank']['value_sum'])
     assert single['kept'].numel() == 300  # 500 -> 400 -> 300 (floor)
+
+
+def _dataset_worker(rank, world, init_file, out):
+    import kcd_mm  # noqa: F401
+    from kcd_mm.wiring import check_same_dataset_on_ranks
+    dist.init_process_group('gloo', init_method=f'file://{init_file}',
+                            rank=rank, world_size=world)
+    try:
+        check_same_dataset_on_ranks(100, 'same')  # agree: no error
+        check_same_dataset_on_ranks(100, f'fingerprint{rank}')
+        message = 'no error'
+    except ValueError as error:
+        message = str(error)
+    with open(f'{out}.{rank}', 'w') as f:
+        f.write(message)
+    dist.destroy_process_group()
+
+
+def test_ranks_with_different_datasets_are_refused(tmp_path):
+    out = str(tmp_path / 'message')
+    mp.spawn(_dataset_worker, args=(2, str(tmp_path / 'init'), out),
+             nprocs=2)
+    for rank in (0, 1):
+        with open(f'{out}.{rank}') as f:
+            assert 'The ranks see different training sets' in f.read()

@@ -4,7 +4,7 @@ import os.path as osp
 import pytest
 
 from kcd_mm.testing import make_image_folder, tiny_kcd_config, write_config
-from helpers import free_port, read_jsonl, run_tool, tests_on_path
+from helpers import free_port, probe_env, read_jsonl, run_tool
 
 
 def _probed_2_rank_run(cfg, tmp_path):
@@ -15,7 +15,7 @@ def _probed_2_rank_run(cfg, tmp_path):
         dict(type='mmrazor.KCDProbeHook', out_dir=str(tmp_path)))
     path = write_config(cfg, str(tmp_path / 'kcd.py'))
     work_dir = str(tmp_path / 'work')
-    env = tests_on_path(PORT=str(free_port()))
+    env = probe_env(PORT=str(free_port()))
     run_tool(['tools/dist_train.sh', path, '2', '--work-dir', work_dir],
              env=env)
     return [read_jsonl(osp.join(tmp_path, f'probe_rank{r}.jsonl'))
@@ -60,15 +60,20 @@ def test_two_ranks_share_one_kcd_state(tmp_path):
     assert ranks[0][-1]['final_weights'] == ranks[1][-1]['final_weights']
 
 
-@pytest.mark.parametrize('strategy', ['random', 'infobatch'])
-def test_two_ranks_agree_on_comparison_strategies(strategy, tmp_path):
+@pytest.mark.parametrize('strategy, diff_rank_seed', [('random', False),
+                                                      ('infobatch', False),
+                                                      ('random', True)])
+def test_two_ranks_agree_on_comparison_strategies(strategy, diff_rank_seed,
+                                                  tmp_path):
     """random and InfoBatch choose the same samples (and InfoBatch the same
-    up-weighted ones) on every rank, from values merged over both."""
+    up-weighted ones) on every rank, from values merged over both; also
+    when each rank seeds its RNGs differently (diff_rank_seed)."""
     n = 60
     data = make_image_folder(str(tmp_path / 'data'), n, 3, 16)
     # A mild schedule InfoBatch can meet (it drops below-mean samples only).
     cfg = tiny_kcd_config(data, max_epochs=4, theta=0.9, num_steps=1,
                           strategy=strategy, summary=False)
+    cfg['randomness'] = dict(seed=0, diff_rank_seed=diff_rank_seed)
     ranks = _probed_2_rank_run(cfg, tmp_path)
     epochs = _same_on_both_ranks(
         ranks, ('kept', 'upweighted', 'visits', 'sample_iters'), 4)
@@ -80,6 +85,20 @@ def test_two_ranks_agree_on_comparison_strategies(strategy, tmp_path):
     # epoch (an odd kept set split over 2 ranks).
     assert 223 <= epochs[0][-1]['sample_iters'] <= 227
     assert ranks[0][-1]['final_weights'] == ranks[1][-1]['final_weights']
+
+
+def test_round_up_false_on_two_ranks_is_refused(tmp_path):
+    """Uneven shards would hang or abort the ranks' collectives."""
+    data = make_image_folder(str(tmp_path / 'data'), 17, 3, 16)
+    cfg = tiny_kcd_config(data, max_epochs=2, summary=False, num_steps=2)
+    cfg['train_dataloader']['sampler']['round_up'] = False
+    path = write_config(cfg, str(tmp_path / 'kcd.py'))
+    out = run_tool(['tools/dist_train.sh', path, '2', '--work-dir',
+                    str(tmp_path / 'work')],
+                   env=dict(PORT=str(free_port())), timeout=120,
+                   check=False)
+    assert out.returncode != 0
+    assert 'KCDSampler(round_up=False) on several ranks' in out.stdout
 
 
 def test_summary_blends_in_persistent_workers(tmp_path):
@@ -95,7 +114,7 @@ def test_summary_blends_in_persistent_workers(tmp_path):
     cfg['custom_hooks'].append(
         dict(type='mmrazor.BlendProbeHook', out_dir=str(tmp_path)))
     path = write_config(cfg, str(tmp_path / 'kcd.py'))
-    env = tests_on_path()
+    env = probe_env()
     run_tool(['tools/train.py', path, '--work-dir', str(tmp_path / 'w')],
              env=env)
     epochs = read_jsonl(osp.join(tmp_path, 'blend_probe.jsonl'))

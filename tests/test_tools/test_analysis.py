@@ -4,8 +4,11 @@ One KCD run (60 16-px images of 3 classes, 4 epochs, an E-step after each
 of epochs 1-3: kept 50, 40, 30) is trained through tools/train.py once per
 module; the tools then read its work dir as a user would run them.
 """
+import os
 import os.path as osp
 import re
+import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -13,8 +16,10 @@ import torch
 
 from kcd_mm import analysis
 from kcd_mm.labels import dataset_labels
-from kcd_mm.records import check_consistency, read_records, read_snapshots
+from kcd_mm.records import (SNAPSHOT_DIR, check_consistency, read_records,
+                            read_snapshots)
 from kcd_mm.testing import make_image_folder, tiny_kcd_config, write_config
+import helpers
 from helpers import run_tool, stage_records
 
 N, BATCH, CLASSES, EPOCHS = 60, 8, 3, 4
@@ -214,6 +219,76 @@ def test_inspect_kcd_table_and_dropped_files(run):
         assert cls == f'class_{_class_of(path)}'
         assert float(score) == pytest.approx(last.scores[int(index)],
                                              abs=1e-4)
+
+
+# --------------------------------------------------- damaged snapshots
+def test_damaged_snapshots_are_skipped_and_the_tools_go_on(
+        run, tmp_path, capsys):
+    work_dir, _ = run
+    copy = str(tmp_path / 'work')
+    shutil.copytree(work_dir, copy)
+    stages = osp.join(copy, SNAPSHOT_DIR)
+    last = osp.join(stages, 'stage_003.npz')
+    with open(last, 'r+b') as f:  # cut short
+        f.truncate(osp.getsize(last) // 2)
+    open(osp.join(stages, 'stage_002.npz'), 'w').close()  # empty
+    with open(osp.join(stages, 'stage_004.npz.tmp'), 'wb') as f:
+        f.write(b'PK\x03\x04')  # a killed write's leftover: not a snapshot
+
+    with pytest.warns(UserWarning) as caught:
+        snapshots = read_snapshots(copy)
+    assert [s.stage for s in snapshots] == [1]
+    messages = sorted(str(w.message) for w in caught
+                      if w.category is UserWarning)
+    assert len(messages) == 2, messages
+    for message, name in zip(messages, ('stage_002.npz', 'stage_003.npz')):
+        assert message.startswith('kcd_mm: skipped the damaged snapshot '
+                                  f'{osp.join(stages, name)} (')
+    assert check_consistency(read_records(copy), snapshots) == [
+        'no snapshot for stage(s) [2, 3]']
+
+    with pytest.warns(UserWarning, match='stage_003.npz'):
+        _tool('tools/analysis/inspect_kcd.py').main(
+            [copy, '--top', '3', '--max-dropped', '0'])
+    out = capsys.readouterr().out
+    assert 'warning: no snapshot for stage(s) [2, 3]' in out
+    assert '3 most valuable samples at stage 1:' in out
+    plots = str(tmp_path / 'plots')
+    with pytest.warns(UserWarning, match='stage_002.npz'):
+        _tool('tools/analysis/plot_kcd.py').main([copy, '--out', plots])
+    assert 'warning: no snapshot for stage(s) [2, 3]' in \
+        capsys.readouterr().out
+    assert sorted(os.listdir(plots)) == sorted(PLOTS)
+
+
+def test_killed_while_writing_a_snapshot_leaves_no_half_one(tmp_path):
+    data = make_image_folder(str(tmp_path / 'images'), num_images=48,
+                             num_classes=CLASSES, size=16)
+    cfg = tiny_kcd_config(data, max_epochs=3, batch_size=BATCH)
+    cfg['custom_imports']['imports'].append('kcd_probe')
+    cfg['custom_hooks'].append(dict(type='mmrazor.SnapshotKillHook',
+                                    stage=2))
+    path = write_config(cfg, str(tmp_path / 'kcd_tiny.py'))
+    work_dir = str(tmp_path / 'work')
+    proc = run_tool(['tools/train.py', path, '--work-dir', work_dir],
+                    env=helpers.probe_env(), check=False)
+    assert proc.returncode == -9, proc.stdout[-3000:]  # SIGKILLed
+    # Half of stage 2's snapshot reached the disk, as a .tmp only.
+    stages = osp.join(work_dir, SNAPSHOT_DIR)
+    assert sorted(os.listdir(stages)) == ['stage_001.npz',
+                                          'stage_002.npz.tmp']
+    assert osp.getsize(osp.join(stages, 'stage_002.npz.tmp')) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # nothing damaged to skip
+        snapshots = read_snapshots(work_dir)
+    assert [s.stage for s in snapshots] == [1]
+    records = read_records(work_dir)
+    assert [r['stage'] for r in records] == [1, 2]  # written just before
+    assert check_consistency(records, snapshots) == [
+        'no snapshot for stage(s) [2]']
+    out = run_tool(['tools/analysis/inspect_kcd.py', work_dir, '--top',
+                    '3']).stdout
+    assert '3 most valuable samples at stage 1:' in out
 
 
 # ----------------------------------------------------- student converter
