@@ -117,6 +117,23 @@ def per_class_kept_fractions(labels: np.ndarray,
                      for r in rows]).reshape(len(rows), width)
 
 
+def present_class_fractions(labels: np.ndarray,
+                            snapshots: Sequence[StageSnapshot],
+                            dataset=None) -> Tuple[np.ndarray, List[str]]:
+    """Kept fraction per stage of the classes that have samples, and their
+    names: a folder holding 19 of ImageNet's 1000 listed classes gives 19
+    columns, not 1000 mostly empty ones.
+
+    Returns:
+        tuple: ``(fractions, names)``, fractions of shape (stages, C_present)
+        in class-index order.
+    """
+    fractions = per_class_kept_fractions(labels, snapshots)
+    present = np.unique(np.asarray(labels, dtype=np.int64))
+    names = class_names(dataset, fractions.shape[1])
+    return fractions[:, present], [names[c] for c in present]
+
+
 def dropped_since(snapshots: Sequence[StageSnapshot]) -> np.ndarray:
     """For each sample, the stage from which it has stayed dropped.
 

@@ -23,8 +23,9 @@ from .seeding import EpochSeedingHook
 from .state import KCDState
 from .wiring import (batch_ids, check_first_batch, check_same_dataset_on_ranks,
                      check_setup, check_single_hook, class_labels,
-                     find_recording_loss, find_sampler, shared_seed,
-                     unwrap_summary, warn_iteration_schedulers)
+                     degenerate_stage, find_classifier, find_recording_loss,
+                     find_sampler, shared_seed, unwrap_summary,
+                     warn_iteration_schedulers, weights_digest)
 
 
 def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -113,6 +114,8 @@ class KCDHook(Hook):
         self._epoch_samples = 0
         self._epoch_skipped = 0
         self._first_batch_checked = False
+        self._classifier = None  # the student's, found in before_train
+        self._classifier_digest = None  # its weights at the last E-step
 
     # ---------------------------------------------------------- set-up
     def before_train(self, runner) -> None:
@@ -121,6 +124,8 @@ class KCDHook(Hook):
         check_single_hook(runner.hooks, KCDHook)
         self._sampler = find_sampler(loader)
         self._loss = find_recording_loss(runner.model)
+        self._classifier = find_classifier(runner.model)
+        self._classifier_digest = weights_digest(self._classifier)
         check_setup(self.options, dataset, runner.train_loop, self._sampler,
                     get_world_size())
         labels = None
@@ -199,11 +204,7 @@ class KCDHook(Hook):
         record = self.state.estep(epochs_done)
         record.peak_rss_mib = round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        if record.values_recorded == 0:
-            runner.logger.warning(
-                f'KCD stage {record.stage}: no knowledge value was recorded '
-                'since the last E-step (was the distill loss skipped, e.g. '
-                'after StopDistillHook?); it ranked by earlier values.')
+        self._name_weak_values(runner, record)
         self._sampler.set_kept(*self.state.kept_and_pairs())
         self._plan_iterations(runner, epochs_done)
         if is_main_process():
@@ -212,6 +213,28 @@ class KCDHook(Hook):
             runner.logger.log(level, message)
         runner.logger.info(record.log_line())
         runner.visualizer.add_scalars(record.scalars(), step=record.epoch)
+
+    def _name_weak_values(self, runner, record: StageRecord) -> None:
+        """Warn, and say in the record, when the stage's values cannot rank
+        the samples (a classifier that did not train, no values)."""
+        digest = weights_digest(self._classifier)
+        changed = None if digest is None else digest != self._classifier_digest
+        self._classifier_digest = digest
+        record.degenerate = degenerate_stage(record.value_mean,
+                                             record.value_std, changed)
+        if record.degenerate is not None:
+            runner.logger.warning(
+                f'KCD stage {record.stage}: {record.degenerate}, so its '
+                'values cannot tell samples apart and this E-step in effect '
+                'prunes at random. Likely cause: a stage that trains no '
+                'classifier (e.g. ABLoss stage 1, Factor Transfer '
+                'pretraining); run KCD only in stages that train the '
+                'student head, or use strategy=\'random\' knowingly.')
+        if record.values_recorded == 0:
+            runner.logger.warning(
+                f'KCD stage {record.stage}: no knowledge value was recorded '
+                'since the last E-step (was the distill loss skipped, e.g. '
+                'after StopDistillHook?); it ranked by earlier values.')
 
     def _write(self, runner, record: StageRecord) -> None:
         """The stage's line, snapshot and value histograms (rank 0)."""

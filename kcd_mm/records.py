@@ -57,6 +57,9 @@ class StageRecord:
             ``budget_capped``).
         peak_rss_mib: peak resident memory of rank 0 so far; flat across
             stages means no growing per-stage history.
+        degenerate: why the stage's values could not rank the samples
+            (the student classifier did not change, near-constant values),
+            or None; such an E-step in effect prunes at random.
     """
     stage: int
     epoch: int
@@ -73,6 +76,7 @@ class StageRecord:
     values_skipped: int
     extra: Dict = field(default_factory=dict)
     peak_rss_mib: Optional[float] = None
+    degenerate: Optional[str] = None
 
     @classmethod
     def from_dict(cls, data: Dict) -> 'StageRecord':
@@ -85,9 +89,11 @@ class StageRecord:
         """The JSON object: the fields, the selector's, then peak RSS."""
         out = asdict(self)
         extra, rss = out.pop('extra'), out.pop('peak_rss_mib')
+        degenerate = out.pop('degenerate')
         out.update(extra)
         if rss is not None:
             out['peak_rss_mib'] = rss
+        out['degenerate'] = degenerate
         return out
 
     @property
@@ -110,8 +116,10 @@ class StageRecord:
         """``kcd/<field>`` scalars for mmengine's visualizer."""
         out = {
             f'kcd/{k}': int(v) if isinstance(v, bool) else v
-            for k, v in self.as_dict().items() if k not in ('stage', 'epoch')
+            for k, v in self.as_dict().items()
+            if k not in ('stage', 'epoch', 'degenerate')
         }
+        out['kcd/degenerate'] = int(self.degenerate is not None)
         out['kcd/kept_fraction'] = self.kept / self.num_samples
         return out
 

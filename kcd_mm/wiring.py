@@ -4,9 +4,12 @@ Everything here runs in ``before_train``, before the first iteration, so
 a configuration KCD cannot run fails with the option and the fix named
 before any training time is spent.
 """
+import hashlib
 import math
+from typing import Optional
 
 import torch
+import torch.nn as nn
 from mmengine.dataset import ClassBalancedDataset, ConcatDataset, RepeatDataset
 from mmengine.dist import all_gather_object, broadcast
 from mmengine.runner import EpochBasedTrainLoop
@@ -30,6 +33,41 @@ def find_sampler(loader) -> KCDSampler:
             "dict(type='mmrazor.KCDSampler', shuffle=True); got "
             f'{type(loader.sampler).__name__}.')
     return sampler
+
+
+def find_classifier(model) -> Optional[nn.Module]:
+    """The student's classifier: ``head.fc`` of an mmpretrain student,
+    else its last ``nn.Linear``; None when there is none."""
+    model = getattr(model, 'module', model)  # a DDP wrapper
+    student = getattr(model, 'student', None) or model
+    head = getattr(student, 'head', None)
+    if isinstance(getattr(head, 'fc', None), nn.Linear):
+        return head.fc
+    linears = [m for m in student.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def weights_digest(module: Optional[nn.Module]) -> Optional[bytes]:
+    """A digest of a module's parameters, to tell whether it changed."""
+    if module is None:
+        return None
+    digest = hashlib.sha1()
+    for param in module.parameters():
+        digest.update(param.detach().cpu().float().numpy().tobytes())
+    return digest.digest()
+
+
+def degenerate_stage(value_mean: float, value_std: float,
+                     classifier_changed: Optional[bool]) -> Optional[str]:
+    """Why a stage's values cannot rank samples, or None when they can:
+    the student's classifier did not change, or the values are (near)
+    constant (std below 1e-3 of the mean)."""
+    if classifier_changed is False:
+        return 'the student classifier did not change during the stage'
+    if math.isfinite(value_std) and value_std <= 1e-3 * abs(value_mean):
+        return (f'the values are near constant (std {value_std:.3g}, mean '
+                f'{value_mean:.3g})')
+    return None
 
 
 def check_single_hook(hooks, hook_type: type) -> None:

@@ -57,6 +57,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
 
+    tool_utils.set_cpu_threads()
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

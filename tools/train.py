@@ -161,6 +161,7 @@ def set_resume(cfg, resume) -> None:
 def main(argv=None):
     args = parse_args(argv)
 
+    tool_utils.set_cpu_threads()
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

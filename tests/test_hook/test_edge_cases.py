@@ -5,6 +5,7 @@ edge and checks that KCD refuses it before any update, with the option
 and the fix named, or now handles it correctly.
 """
 import glob
+import json
 import os.path as osp
 
 import pytest
@@ -16,6 +17,7 @@ from mmpretrain.registry import TRANSFORMS
 
 from kcd_mm import KCDHook, KCDOptions, KCDState
 from kcd_mm.testing import make_image_folder, tiny_kcd_config
+from kcd_mm.wiring import degenerate_stage
 
 N = 24
 
@@ -200,3 +202,25 @@ def test_resume_messages_name_what_changed(data_root, tmp_path):
     assert 'shorter run skipped' not in log
     assert "'value': ('entropy', 'ce')" in log
     assert "'stage_epochs': (2, 1)" in log
+
+
+def test_a_stage_that_trains_no_classifier_is_named(data_root, tmp_path):
+    """A frozen student head (as in ABLoss stage 1): the E-step warns with
+    the likely cause and the record says why; a healthy stage says None."""
+    cfg = tiny_kcd_config(data_root, max_epochs=3, num_steps=2)
+    runner = _runner(cfg, tmp_path / 'work')
+    runner.model.architecture.head.fc.requires_grad_(False)
+    runner.train()
+    records = _hook(runner).state.records
+    assert [r.degenerate for r in records] == [
+        'the student classifier did not change during the stage'] * 2
+    log = _log(tmp_path / 'work')
+    assert 'a stage that trains no classifier' in log
+    assert json.loads(open(str(tmp_path / 'work' / 'kcd_stages.jsonl')
+                           ).readline())['degenerate'].startswith('the st')
+
+
+def test_near_constant_values_are_named():
+    assert degenerate_stage(1.0, 0.0005, True).startswith('the values are')
+    assert degenerate_stage(1.0, 0.05, True) is None
+    assert degenerate_stage(1.0, 0.05, None) is None  # no classifier found

@@ -107,6 +107,26 @@ def test_plot_kcd_without_dataset_skips_only_the_class_plot(
         assert f.read(8) == PNG_SIGNATURE
 
 
+def test_per_class_plot_counts_the_classes_present(run):
+    """19 classes present among 1000 listed: 19 columns, named."""
+    work_dir, _ = run
+    snapshots = read_snapshots(work_dir)
+    labels = (np.arange(N) % 19) * 50  # classes 0, 50, ..., 900
+    dataset = type('Listed', (), {'metainfo': dict(
+        classes=[f'c{i}' for i in range(1000)])})()
+    fractions, names = analysis.present_class_fractions(labels, snapshots,
+                                                        dataset)
+    assert fractions.shape == (len(snapshots), 19)
+    assert names == [f'c{50 * i}' for i in range(19)]
+    assert not np.isnan(fractions).any()
+    # Every kept sample is counted in its class's column.
+    kept = np.isin(np.arange(N), snapshots[-1].kept)
+    totals = np.bincount(labels)[np.unique(labels)]
+    assert np.allclose(fractions[-1] * totals,
+                       np.bincount(labels[kept], minlength=901)[
+                           np.unique(labels)])
+
+
 def test_numbers_behind_the_plots_match_the_record(run):
     work_dir, _ = run
     records = read_records(work_dir)

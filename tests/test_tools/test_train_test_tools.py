@@ -158,6 +158,7 @@ def test_dist_train_two_cpu_ranks(kd_config, tmp_path):
     # Each rank trains on half of the data.
     per_rank = NUM_IMAGES // BATCH // 2
     assert f'Epoch(train) [1][{per_rank}/{per_rank}]' in out
+    assert 'CPU run: 1 torch thread(s) (OMP_NUM_THREADS)' in out
     assert re.search(r'Epoch\(val\).*teacher\.accuracy/top1', out)
     assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
 
@@ -171,6 +172,16 @@ def test_both_local_rank_spellings():
         tool_utils.add_launcher_args(parser)
         args = parser.parse_args([f'{flag}=3', '--launcher', 'pytorch'])
         assert args.local_rank == 3 and args.launcher == 'pytorch'
+
+
+def test_cpu_threads_honour_the_env_then_the_idle_cores():
+    assert tool_utils.cpu_threads({'OMP_NUM_THREADS': '3'}, 16, 9.0) == (
+        3, 'OMP_NUM_THREADS')
+    assert tool_utils.cpu_threads({}, 2, 0.1)[0] == 2  # alone: both cores
+    assert tool_utils.cpu_threads({}, 2, 1.2)[0] == 1  # beside one job
+    assert tool_utils.cpu_threads({}, 2, 7.0)[0] == 1  # never below 1
+    threads, why = tool_utils.cpu_threads({}, 16, 0.0, local_procs=4)
+    assert threads == 4 and 'set OMP_NUM_THREADS' in why
 
 
 def test_default_work_dir():

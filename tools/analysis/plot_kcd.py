@@ -210,8 +210,8 @@ def main(argv=None) -> None:
             print(f'skipped kept_per_class.png: cannot build the training '
                   f'dataset from {config}: {type(e).__name__}: {e}')
         else:
-            fractions = analysis.per_class_kept_fractions(labels, snapshots)
-            names = analysis.class_names(dataset, fractions.shape[1])
+            fractions, names = analysis.present_class_fractions(
+                labels, snapshots, dataset)
             plot_classes(fractions, snapshots, names,
                          target('kept_per_class.png'))
             last, worst = snapshots[-1], int(np.nanargmin(fractions[-1]))
