@@ -1,5 +1,8 @@
 """Derived figures of a KCD run, for plots and inspection.
 
+A little over 250 lines: every figure the two analysis tools draw or
+print is computed here, so the tests check the numbers, not the PNGs.
+
 ``tools/analysis/plot_kcd.py`` and ``tools/analysis/inspect_kcd.py`` are
 thin front ends to the functions here; tests check the numbers behind the
 plots through them. What a run writes, and its readers, live in
