@@ -10,7 +10,9 @@ fixes (see ``docs/troubleshooting.md``) and does nothing where the stack is
 already healthy, so a GPU user's working CUDA stack is left alone.
 Call :func:`apply` any number of times; it runs once.
 """
+import functools
 import importlib.util
+import inspect
 import os
 import os.path as osp
 import pickle
@@ -194,9 +196,6 @@ class _CheckedArray(np.ndarray):
                 f'kcd_mm: refusing a numpy {dtype.str} array of shape '
                 f'{shape}: {len(raw)} bytes of data, {size} needed')
         np.ndarray.__setstate__(self, (1, shape, dtype, fortran, raw))
-
-    def __reduce__(self):
-        return self.view(np.ndarray).__reduce__()
 
     def __reduce_ex__(self, protocol):
         return self.view(np.ndarray).__reduce_ex__(protocol)
@@ -397,7 +396,6 @@ def _atomic_checkpoints() -> None:
       ``open``) with a file renamed into place when it is closed.
     """
     import builtins
-    import functools
 
     from mmengine.fileio import LocalBackend, get_file_backend
     from mmengine.hooks import checkpoint_hook
@@ -546,9 +544,9 @@ def _resume_skips_damaged_checkpoints() -> None:
                 for name in os.listdir(folder):
                     match = _RESUMABLE_NAME.fullmatch(name)
                     full = osp.join(folder, name)
-                    if (match and osp.isfile(full)
-                            and osp.realpath(full) not in seen):
-                        seen.add(osp.realpath(full))
+                    real = osp.realpath(full)
+                    if match and osp.isfile(full) and real not in seen:
+                        seen.add(real)
                         candidates[full] = (os.stat(full).st_mtime_ns,
                                             int(match.group(2)))
         chosen = None
@@ -671,7 +669,6 @@ def _without_accelerator() -> bool:
 def _first_slurm_host(node_list: str) -> str:
     """The first host of a compact slurm node list, as ``scontrol show
     hostname`` prints it: ``node[03-05,9],gpu1`` -> ``node03``."""
-    import re
     first = re.split(r',(?![^\[]*\])', node_list.strip())[0]
     match = re.match(r'^([^\[]*)\[([^\]]*)\](.*)$', first)
     if match is None:
@@ -708,7 +705,6 @@ def _gloo_init_dist_on_cpu() -> None:
     prints one line once it has joined. With an accelerator, mmengine's
     functions run unchanged.
     """
-    import functools
     import shutil
 
     from mmengine.dist import utils as dist_utils
@@ -785,8 +781,6 @@ def _cpu_ddp_device_ids() -> None:
     would reject. Any other module, and any machine with an accelerator,
     reaches torch's constructor unchanged.
     """
-    import functools
-    import inspect
 
     from torch.nn.parallel import DistributedDataParallel
     original = DistributedDataParallel.__init__
@@ -814,14 +808,15 @@ class _EpochStartQueue:
     torch's ``_ResumeIteration`` (the next pass starts) comes through."""
 
     def __init__(self, queue, epoch_start, worker_id: int) -> None:
+        from torch.utils.data._utils.worker import _ResumeIteration
         self._queue = queue
         self._epoch_start = epoch_start
         self._worker_id = worker_id
+        self._resume_type = _ResumeIteration  # looked up once, not per get
 
     def get(self, *args, **kwargs):
-        from torch.utils.data._utils.worker import _ResumeIteration
         item = self._queue.get(*args, **kwargs)
-        if isinstance(item, _ResumeIteration):
+        if isinstance(item, self._resume_type):
             self._epoch_start(self._worker_id)
         return item
 
@@ -877,7 +872,6 @@ def _worker_epoch_start() -> None:
     from torch.utils.data._utils import worker
     if _TORCH_WORKER_LOOP is not None:
         return
-    import inspect
     names = ['dataset_kind', 'dataset', 'index_queue', 'data_queue',
              'done_event', 'auto_collation', 'collate_fn', 'drop_last',
              'base_seed', 'init_fn', 'worker_id']

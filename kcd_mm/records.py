@@ -83,7 +83,7 @@ class StageRecord:
         names = {f.name for f in fields(cls)} - {'extra'}
         known = {k: v for k, v in data.items() if k in names}
         extra = {k: v for k, v in data.items() if k not in names}
-        return cls(**known, extra=dict(data.get('extra', {}), **extra))
+        return cls(**known, extra=extra)
 
     def as_dict(self) -> Dict:
         """The JSON object: the fields, the selector's, then peak RSS."""

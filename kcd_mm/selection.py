@@ -17,6 +17,7 @@ strategy survives a resume under another.
 A new strategy is a subclass registered with
 ``@SELECTORS.register_module('name')``. Pure torch apart from the registry.
 """
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -78,9 +79,10 @@ class Selector:
         self.seed = int(seed)
         self.labels = labels
 
-    @property
+    @functools.cached_property
     def budget(self) -> int:
-        """KCD's total samples for the run: the sum of its keep schedule."""
+        """KCD's total samples for the run: the sum of its keep schedule
+        (fixed by the options and N, so computed once)."""
         opts = self.options
         return sum(
             keep_schedule(self.num_samples, opts.theta, opts.num_steps,
@@ -151,7 +153,7 @@ class KCDSelector(Selector):
             order = balance_classes(order, num_keep, self.labels,
                                     opts.class_min_keep)
         pairs = condense(order, current_size, num_keep, opts.lam_range,
-                         opts.summary and self.forms_pairs)
+                         opts.blends)
         return Selection(pairs=pairs, scores=scores.float())
 
 

@@ -6,6 +6,7 @@ The tiny data and config builders live in :mod:`kcd_mm.testing`.
   the files in ``tools/`` as a user would.
 * :func:`read_jsonl` and :func:`stage_records` read what a run wrote.
 """
+import glob
 import json
 import os
 import os.path as osp
@@ -98,3 +99,23 @@ def stage_records(work_dir: str, timings: bool = True) -> List[Dict]:
             row.pop('estep_seconds')
             row.pop('peak_rss_mib')
     return rows
+
+
+def kcd_hook(runner):
+    """The Runner's KCDHook (found by name, so probe hooks imported
+    through ``custom_imports`` need not import kcd_mm's class)."""
+    return next(h for h in runner.hooks if type(h).__name__ == 'KCDHook')
+
+
+def upweighted_mask(state):
+    """InfoBatch's up-weighted mask of a KCDState (None for the other
+    selectors, and when InfoBatch weights nothing)."""
+    return getattr(state.selector, 'upweighted', None)
+
+
+def read_log(work_dir: str) -> str:
+    """The text of the newest mmengine log file of a work dir."""
+    logs = sorted(glob.glob(osp.join(str(work_dir), '*', '*.log')))
+    assert logs, f'no mmengine log in {work_dir}'
+    with open(logs[-1]) as f:
+        return f.read()

@@ -14,10 +14,12 @@ from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmrazor.registry import HOOKS
 
+from helpers import kcd_hook, upweighted_mask
+
 
 def _upweighted(state):
-    """InfoBatch's up-weighted samples (None for other selectors)."""
-    mask = getattr(state.selector, 'upweighted', None)
+    """InfoBatch's up-weighted samples, as a list (None if there are none)."""
+    mask = upweighted_mask(state)
     return None if mask is None else torch.nonzero(mask).flatten().tolist()
 
 
@@ -44,8 +46,7 @@ class KCDProbeHook(Hook):
         self._shard = [_key(i) for i in sampler]
 
     def after_train_epoch(self, runner) -> None:
-        state = next(h for h in runner.hooks
-                     if type(h).__name__ == 'KCDHook').state
+        state = kcd_hook(runner).state
         pairs = state.pairs
         self._write(
             dict(
@@ -104,8 +105,7 @@ class BlendProbeHook(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:
-        state = next(h for h in runner.hooks
-                     if type(h).__name__ == 'KCDHook').state
+        state = kcd_hook(runner).state
         pairs = state.pairs
         lam = {} if pairs is None else dict(
             zip(pairs.tail.tolist(), pairs.lam.tolist()))

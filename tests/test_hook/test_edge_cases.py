@@ -4,9 +4,7 @@ Each test drives a real tiny Runner (or KCDState for pure cases) into one
 edge and checks that KCD refuses it before any update, with the option
 and the fix named, or now handles it correctly.
 """
-import glob
 import json
-import os.path as osp
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ from mmpretrain.registry import TRANSFORMS
 from kcd_mm import KCDHook, KCDOptions, KCDState
 from kcd_mm.testing import make_image_folder, tiny_kcd_config
 from kcd_mm.wiring import degenerate_stage
+from helpers import kcd_hook, read_log
 
 N = 24
 
@@ -46,17 +45,6 @@ def _runner(cfg, work_dir):
     cfg = Config(cfg)
     cfg.work_dir = str(work_dir)
     return Runner.from_cfg(cfg)
-
-
-def _log(work_dir) -> str:
-    """The text of the run's newest mmengine log file."""
-    logs = sorted(glob.glob(osp.join(str(work_dir), '*', '*.log')))
-    with open(logs[-1]) as f:
-        return f.read()
-
-
-def _hook(runner) -> KCDHook:
-    return next(h for h in runner.hooks if isinstance(h, KCDHook))
 
 
 @pytest.mark.parametrize('kwargs, error, message', [
@@ -135,7 +123,7 @@ def test_masked_class_logits_give_finite_values(data_root, tmp_path):
 
     _poison(runner, mask_last_class)
     runner.train()
-    record = _hook(runner).state.records[0]
+    record = kcd_hook(runner).state.records[0]
     assert record.values_skipped == 0 and record.values_recorded == N
     assert 0 < record.value_mean <= torch.log(torch.tensor(2.0))
 
@@ -146,7 +134,7 @@ def test_an_estep_without_finite_values_refuses(data_root, tmp_path):
     _poison(runner, lambda out: out.fill_(float('nan')))
     with pytest.raises(RuntimeError, match='every knowledge value'):
         runner.train()
-    assert _hook(runner).state.stage == 0  # nothing was condensed
+    assert kcd_hook(runner).state.stage == 0  # nothing was condensed
 
 
 def test_ties_are_broken_by_a_seeded_permutation_not_by_index():
@@ -181,9 +169,13 @@ def test_resume_under_another_strategy_drops_infobatch_weights(
     cfg.update(resume=True, load_from=str(work / 'epoch_2.pth'))
     runner = _runner(cfg, tmp_path / 'kcd')
     runner.train()
-    hook = _hook(runner)
-    assert hook.state.sample_weights(torch.arange(N)) is None
-    assert "written with strategy='infobatch'" in _log(tmp_path / 'kcd')
+    assert kcd_hook(runner).state.sample_weights(torch.arange(N)) is None
+    assert "written with strategy='infobatch'" in read_log(tmp_path / 'kcd')
+    # The resumed run's checkpoints carry none of InfoBatch's state.
+    saved = torch.load(str(tmp_path / 'kcd' / 'epoch_4.pth'),
+                       weights_only=True)['kcd_state']
+    assert saved['selector'] == dict(type='kcd', state={})
+    assert 'upweighted' not in saved and 'latest' not in saved['bank']
 
 
 def test_resume_messages_name_what_changed(data_root, tmp_path):
@@ -197,7 +189,7 @@ def test_resume_messages_name_what_changed(data_root, tmp_path):
     cfg.update(resume=True, load_from=str(work / 'epoch_1.pth'))
     resumed = tmp_path / 'resumed'
     _runner(cfg, resumed).train()
-    log = _log(resumed)
+    log = read_log(resumed)
     assert 'the current options schedule there' in log
     assert 'shorter run skipped' not in log
     assert "'value': ('entropy', 'ce')" in log
@@ -211,10 +203,10 @@ def test_a_stage_that_trains_no_classifier_is_named(data_root, tmp_path):
     runner = _runner(cfg, tmp_path / 'work')
     runner.model.architecture.head.fc.requires_grad_(False)
     runner.train()
-    records = _hook(runner).state.records
+    records = kcd_hook(runner).state.records
     assert [r.degenerate for r in records] == [
         'the student classifier did not change during the stage'] * 2
-    log = _log(tmp_path / 'work')
+    log = read_log(tmp_path / 'work')
     assert 'a stage that trains no classifier' in log
     assert json.loads(open(str(tmp_path / 'work' / 'kcd_stages.jsonl')
                            ).readline())['degenerate'].startswith('the st')

@@ -12,7 +12,7 @@ from mmengine.runner import Runner
 from kcd_mm.condensation import keep_schedule
 from kcd_mm.records import snapshot_path
 from kcd_mm.testing import make_image_folder, tiny_kcd_config
-from helpers import stage_records
+from helpers import kcd_hook, stage_records, upweighted_mask
 
 N, EPOCHS = 60, 8
 SCHEDULE = dict(max_epochs=EPOCHS, theta=0.8, num_steps=2)
@@ -27,9 +27,7 @@ def data_root(tmp_path_factory):
     return make_image_folder(str(root), num_images=N, num_classes=3, size=16)
 
 
-def _upweighted(state):
-    """InfoBatch's up-weighted mask (None for other selectors)."""
-    mask = getattr(state.selector, 'upweighted', None)
+def _cloned(mask):
     return None if mask is None else mask.clone()
 
 
@@ -47,8 +45,7 @@ class LossProbe(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
         distiller = runner.model.distiller
-        state = next(h for h in runner.hooks
-                     if type(h).__name__ == 'KCDHook').state
+        state = kcd_hook(runner).state
         self.batches.append(
             dict(
                 epoch=runner.epoch,
@@ -59,7 +56,7 @@ class LossProbe(Hook):
                 student=_logits(distiller.student_recorders),
                 teacher=_logits(distiller.teacher_recorders),
                 loss=float(outputs['distill.loss_kl']),
-                upweighted=_upweighted(state)))
+                upweighted=_cloned(upweighted_mask(state))))
 
 
 def _run(data_root, work_dir, probe=None, resume_from=None, **kwargs):
@@ -203,5 +200,5 @@ def test_infobatch_refuses_a_loss_it_cannot_split(data_root, tmp_path):
     cfg.work_dir = str(tmp_path / 'work_kcd')
     runner = Runner.from_cfg(cfg)
     runner.train()
-    hook = next(h for h in runner.hooks if type(h).__name__ == 'KCDHook')
+    hook = kcd_hook(runner)
     assert hook.state.sample_iters > 0 and hook.state.stage > 0

@@ -23,7 +23,7 @@ from mmengine.config import Config
 
 from kcd_mm.testing import (make_image_folder, tiny_classifier_config,
                             tiny_kd_config, write_config)
-from helpers import REPO_ROOT, free_port, run_tool
+from helpers import REPO_ROOT, free_port, read_log, run_tool
 
 # tools/train.py imports tools/tool_utils.py as a sibling; appended, so that
 # tools/test.py cannot shadow the standard library's ``test`` package.
@@ -71,10 +71,8 @@ def test_train_end_to_end(trained):
     assert osp.isfile(ckpt)
     with open(osp.join(work_dir, 'last_checkpoint')) as f:
         assert f.read().strip() == ckpt
-    logs = glob.glob(osp.join(work_dir, '*', '*.log'))
-    assert len(logs) == 1
-    with open(logs[0]) as f:
-        log = f.read()
+    assert len(glob.glob(osp.join(work_dir, '*', '*.log'))) == 1
+    log = read_log(work_dir)
     assert f'Epoch(train) [1][{NUM_IMAGES // BATCH}/{NUM_IMAGES // BATCH}]' \
         in log
     assert 'distill.loss_kl' in log
