@@ -1,13 +1,19 @@
-"""KnowledgeSummaryDataset: VAKS's summary, done on the fly.
+"""KnowledgeSummaryDataset: VAKS's summary, applied when a sample loads.
 
-The reference blends dropped images into kept ones once, in an in-memory
-uint8 array, and blends again on top at later stages. That cannot scale to
-file datasets, so here the blend happens when a sample is loaded: the
-sampler yields ``(tail, partner, lam)``, the wrapper loads both images with
-the dataset's own loading transforms, blends the pixels before any
-augmentation, and runs the rest of the pipeline. The tail keeps its own
-label and ``sample_idx``. Only the current stage's pairs are blended (no
-accumulation across stages); see docs/method.md.
+The reference blends dropped images into kept ones in an in-memory uint8
+array, and blends again on top at later stages. That cannot scale to file
+datasets, so here the summary (:mod:`kcd_mm.summary`) decides each kept
+sample's image and the sampler hands it over in the sample's key; the
+wrapper loads the image(s) with the dataset's own loading transforms,
+applies the blend to the pixels before any augmentation, and runs the rest
+of the pipeline. The sample keeps its own label and ``sample_idx``. Keys:
+
+* ``index``: the sample as it is;
+* ``(index, partner, lam)``: ``summary='stage'``, blended from raw images;
+* ``(index, image)``: ``summary='persistent'`` on an in-memory dataset,
+  the sample's current (blended) uint8 image;
+* ``(index, ((j, w), ...))``: ``summary='persistent'`` on a file dataset,
+  the image ``sum_j w * original_j``.
 """
 import copy
 from typing import Any, Union
@@ -81,6 +87,20 @@ class KnowledgeSummaryDataset:
     def get_data_info(self, idx: int) -> dict:
         return self.dataset.get_data_info(idx)
 
+    @property
+    def in_memory(self) -> bool:
+        """Images live in the data info (MNIST, CIFAR), not in files: the
+        persistent summary can then keep exact uint8 copies."""
+        if len(self.dataset) == 0:
+            return False
+        img = self.dataset.get_data_info(0).get('img')
+        return isinstance(img, np.ndarray) and not any(
+            _is_loading(t) for t in self.dataset.pipeline.transforms)
+
+    def original_images(self, indices) -> list:
+        """The stored images of an in-memory dataset (for the summary)."""
+        return [self.dataset.get_data_info(int(i))['img'] for i in indices]
+
     def _loaded(self, idx: int) -> dict:
         results = self._load(self.dataset.get_data_info(idx))
         if results is None or not isinstance(results.get('img'), np.ndarray):
@@ -92,22 +112,37 @@ class KnowledgeSummaryDataset:
                 'summary=False in KCDHook.')
         return results
 
-    def __getitem__(self, key: Union[int, tuple]) -> Any:
-        if not isinstance(key, tuple):
-            return self.dataset[key]
-        idx, partner, lam = key
+    def _combined(self, idx: int, terms) -> dict:
+        """Sample ``idx`` with the image ``sum w * img_j`` over ``terms``
+        ((j, w) pairs; j may be ``idx`` itself), rounded once."""
         results = self._loaded(idx)
         img = results['img']
-        other = self._loaded(partner)['img']
-        if other.shape[:2] != img.shape[:2]:
-            other = imresize(other, (img.shape[1], img.shape[0]))
-        if other.ndim != img.ndim:
-            other = other.reshape(img.shape)
-        mixed = lam * img.astype(np.float32) + (1.0 - lam) * other.astype(
-            np.float32)
+        mixed = np.zeros(img.shape, np.float32)
+        for j, w in terms:
+            other = img if j == idx else self._loaded(j)['img']
+            if other.shape[:2] != img.shape[:2]:
+                other = imresize(other, (img.shape[1], img.shape[0]))
+            if other.ndim != img.ndim:
+                other = other.reshape(img.shape)
+            mixed += np.float32(w) * other.astype(np.float32)
         if np.issubdtype(img.dtype, np.integer):
             info = np.iinfo(img.dtype)
             mixed = np.clip(np.rint(mixed), info.min, info.max)
         results['img'] = mixed.astype(img.dtype)
+        return results
+
+    def __getitem__(self, key: Union[int, tuple]) -> Any:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        if len(key) == 3:  # summary='stage'
+            idx, partner, lam = key
+            results = self._combined(idx, ((idx, lam), (partner, 1.0 - lam)))
+        elif isinstance(key[1], np.ndarray):  # persistent, in memory
+            idx = key[0]
+            results = self._loaded(idx)
+            results['img'] = key[1].copy()
+        else:  # persistent, file dataset
+            idx = key[0]
+            results = self._combined(idx, key[1])
         out = self._augment(results)
         return self.dataset[idx] if out is None else out

@@ -20,7 +20,7 @@ from .options import KCDOptions
 from .records import (CKPT_KEY, RECORD_FILE, RecordWriter, StageRecord,
                       check_record_file)
 from .seeding import EpochSeedingHook
-from .state import KCDState
+from .state import KCDState, upgrade_state
 from .wiring import (batch_ids, check_first_batch, check_same_dataset_on_ranks,
                      check_setup, check_single_hook, class_labels,
                      degenerate_stage, find_classifier, find_recording_loss,
@@ -64,9 +64,15 @@ class KCDHook(Hook):
             uses ``stage_epochs``. Defaults to None.
         lam_range (tuple): (lam_min, lam_max) of the summary blend.
             Defaults to (0.7, 1.0).
-        summary (bool): blend dropped samples into the kept tail (needs
-            :class:`KnowledgeSummaryDataset`); False prunes only.
-            Defaults to True.
+        summary (str | bool): fold dropped samples into the kept tail by a
+            pixel blend (needs :class:`KnowledgeSummaryDataset`):
+            ``'persistent'``, the reference (each blend stays in the
+            sample's image and later blends build on it), or ``'stage'``
+            (this stage's pairs only, blended from raw images); False
+            prunes only. See docs/method.md. Defaults to ``'stage'``.
+        summary_terms (int): with ``'persistent'`` on a file dataset, the
+            most original images one sample's image combines (each is one
+            more image load). Defaults to 4.
         class_min_keep (float): keep at least this fraction of every class
             at each E-step (0: off, the reference). Defaults to 0.
         strategy (str): ``'kcd'`` (the method), ``'random'`` or
@@ -90,7 +96,8 @@ class KCDHook(Hook):
                  score_exponent: float = 0.03,
                  score_ref_epochs: Optional[float] = None,
                  lam_range: Sequence[float] = (0.7, 1.0),
-                 summary: bool = True,
+                 summary='stage',
+                 summary_terms: int = 4,
                  class_min_keep: float = 0.0,
                  strategy: str = 'kcd',
                  infobatch_full_epochs_ratio: float = 0.125,
@@ -104,6 +111,7 @@ class KCDHook(Hook):
             score_ref_epochs=score_ref_epochs,
             lam_range=lam_range,
             summary=summary,
+            summary_terms=summary_terms,
             class_min_keep=class_min_keep,
             strategy=strategy,
             infobatch_full_epochs_ratio=infobatch_full_epochs_ratio)
@@ -115,6 +123,7 @@ class KCDHook(Hook):
         self._epoch_skipped = 0
         self._first_batch_checked = False
         self._classifier = None  # the student's, found in before_train
+        self._images = None  # an in-memory dataset's images, for summary
         self._classifier_digest = None  # its weights at the last E-step
 
     # ---------------------------------------------------------- set-up
@@ -139,7 +148,9 @@ class KCDHook(Hook):
             seed=shared_seed(runner.seed or 0),
             max_epochs=runner.max_epochs,
             fingerprint=data_fingerprint,
-            value_measure=self._loss.value)
+            value_measure=self._loss.value,
+            in_memory=getattr(dataset, 'in_memory', False))
+        self._images = getattr(dataset, 'original_images', None)
         if self.state.selector.weights_losses:
             self._loss.check_splittable(
                 f'KCDHook(strategy={self.options.strategy!r})')
@@ -149,7 +160,7 @@ class KCDHook(Hook):
         elif is_main_process():
             for message in self._writer.start():
                 runner.logger.info(message)
-        self._sampler.set_kept(*self.state.kept_and_pairs())
+        self._sampler.set_kept(*self.state.sampler_args())
         self._plan_iterations(runner, runner.train_loop.epoch)
         warn_iteration_schedulers(runner)
         state = self.state
@@ -201,11 +212,11 @@ class KCDHook(Hook):
 
     # ---------------------------------------------------------- E-step
     def _estep(self, runner, epochs_done: int) -> None:
-        record = self.state.estep(epochs_done)
+        record = self.state.estep(epochs_done, self._images)
         record.peak_rss_mib = round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         self._name_weak_values(runner, record)
-        self._sampler.set_kept(*self.state.kept_and_pairs())
+        self._sampler.set_kept(*self.state.sampler_args())
         self._plan_iterations(runner, epochs_done)
         if is_main_process():
             self._write(runner, record)
@@ -276,7 +287,7 @@ class KCDHook(Hook):
                 'KCDHook?): KCD starts afresh from the full training set.')
 
     def _resume(self, runner) -> None:
-        saved, self._loaded = self._loaded, None
+        saved, self._loaded = upgrade_state(self._loaded), None
         state = self.state
         state.load_state_dict(saved, log=runner.logger.log)
         changed = self.options.changes_from(saved.get('options', {}))

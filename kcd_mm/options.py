@@ -7,11 +7,12 @@ the fix named, not at the first E-step, and never silently.
 import math
 import numbers
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 from . import selection  # noqa: F401  (registers the built-in selectors)
 from .condensation import check_lam_range
 from .registry import SELECTORS
+from .summary import BLENDING_MODES
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,13 @@ class KCDOptions:
         score_exponent: exponent on F/T_ref in the score (reference: 0.03).
         score_ref_epochs: T_ref; None means ``stage_epochs``.
         lam_range: (lam_min, lam_max) of the summary blend.
-        summary: blend dropped samples into the tail (False: prune only).
+        summary: how dropped samples are folded into the kept tail:
+            ``'persistent'`` (the reference: blends accumulate in each
+            sample's image for the rest of training), ``'stage'`` (this
+            stage's pairs only, from raw images) or False (prune only); see
+            :mod:`kcd_mm.summary`.
+        summary_terms: with ``'persistent'`` on a file dataset, the most
+            original images one sample's image may combine.
         class_min_keep: keep at least this fraction of every class (0: off,
             the reference); needs the samples' labels.
         strategy: the registered selector that chooses the kept set:
@@ -41,7 +48,8 @@ class KCDOptions:
     score_exponent: float = 0.03
     score_ref_epochs: Optional[float] = None
     lam_range: Tuple[float, float] = (0.7, 1.0)
-    summary: bool = True
+    summary: Union[str, bool] = 'stage'
+    summary_terms: int = 4
     class_min_keep: float = 0.0
     strategy: str = 'kcd'
     infobatch_full_epochs_ratio: float = 0.125
@@ -68,11 +76,18 @@ class KCDOptions:
             _number('score_ref_epochs', self.score_ref_epochs, 0.0, None,
                     'None uses stage_epochs, as the reference does',
                     low_open=True)
-        if not isinstance(self.summary, bool):
-            raise TypeError(
-                f'KCD summary={self.summary!r} must be True (blend dropped '
-                'samples into the kept tail, the reference) or False '
-                '(prune only).')
+        if self.summary is not False and self.summary not in BLENDING_MODES:
+            hint = (" (True was the stage summary before 'persistent' "
+                    "came; write summary='stage' for that)"
+                    if self.summary is True else '')
+            raise ValueError(
+                f'KCD summary={self.summary!r} must be \'persistent\' (the '
+                "reference: blends stay in each sample's image and "
+                "accumulate), 'stage' (this stage's pairs only, from raw "
+                f'images) or False (prune only){hint}.')
+        _integer('summary_terms', self.summary_terms,
+                 'original images one blended file-dataset sample may '
+                 'combine; 4 by default')
         _number('class_min_keep', self.class_min_keep, 0.0, self.theta,
                 f'no more of a class can be kept than of the whole set '
                 f'(theta={self.theta}); 0 turns balancing off')
@@ -118,7 +133,7 @@ class KCDOptions:
     @property
     def blends(self) -> bool:
         """Summary pairs are formed (only KCD's condensation has them)."""
-        return self.summary and self.selector.forms_pairs
+        return self.summary in BLENDING_MODES and self.selector.forms_pairs
 
 
 def _is_real(value) -> bool:

@@ -60,6 +60,12 @@ class StageRecord:
         degenerate: why the stage's values could not rank the samples
             (the student classifier did not change, near-constant values),
             or None; such an E-step in effect prunes at random.
+        summary: the knowledge summary after the E-step (None: prune
+            only): ``mode``; ``carrying_blend``, kept samples whose image
+            carries a blend; with ``'persistent'``, ``ever_blended``
+            (samples with a blended image, kept or not) and, on file
+            datasets, ``loads_per_sample`` (image loads per kept sample)
+            and ``max_weight_dropped`` (the term bound's largest cut).
     """
     stage: int
     epoch: int
@@ -77,6 +83,7 @@ class StageRecord:
     extra: Dict = field(default_factory=dict)
     peak_rss_mib: Optional[float] = None
     degenerate: Optional[str] = None
+    summary: Optional[Dict] = None
 
     @classmethod
     def from_dict(cls, data: Dict) -> 'StageRecord':
@@ -89,11 +96,12 @@ class StageRecord:
         """The JSON object: the fields, the selector's, then peak RSS."""
         out = asdict(self)
         extra, rss = out.pop('extra'), out.pop('peak_rss_mib')
-        degenerate = out.pop('degenerate')
+        degenerate, summary = out.pop('degenerate'), out.pop('summary')
         out.update(extra)
         if rss is not None:
             out['peak_rss_mib'] = rss
         out['degenerate'] = degenerate
+        out['summary'] = summary
         return out
 
     @property
@@ -108,6 +116,13 @@ class StageRecord:
                 f'{self.sample_iters} = {self.kd_ratio:.3f} of KD; value '
                 f'mean {self.value_mean:.4f} std {self.value_std:.4f}; '
                 f'E-step {self.estep_seconds * 1e3:.1f} ms')
+        summary = self.summary or {}
+        if summary.get('mode') == 'persistent':
+            line += (f"; persistent summary: {summary['carrying_blend']} "
+                     'kept samples carry a blend')
+            if 'loads_per_sample' in summary:
+                line += (f", {summary['loads_per_sample']:.3f} image loads "
+                         'per sample')
         if self.peak_rss_mib is not None:
             line += f'; peak RSS {self.peak_rss_mib:.0f} MiB'
         return line
@@ -117,8 +132,11 @@ class StageRecord:
         out = {
             f'kcd/{k}': int(v) if isinstance(v, bool) else v
             for k, v in self.as_dict().items()
-            if k not in ('stage', 'epoch', 'degenerate')
+            if k not in ('stage', 'epoch', 'degenerate', 'summary')
         }
+        for k, v in (self.summary or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f'kcd/summary_{k}'] = v
         out['kcd/degenerate'] = int(self.degenerate is not None)
         out['kcd/kept_fraction'] = self.kept / self.num_samples
         return out

@@ -1,12 +1,12 @@
 """KCDSampler: mmengine's DefaultSampler over the current kept set."""
 import math
-from typing import Iterator, Optional, Sized, Tuple, Union
+from typing import Dict, Iterator, Optional, Sized, Tuple, Union
 
 import torch
 from mmengine.dataset import DefaultSampler
 from mmrazor.registry import DATA_SAMPLERS
 
-SampleKey = Union[int, Tuple[int, int, float]]
+SampleKey = Union[int, Tuple]
 
 
 @DATA_SAMPLERS.register_module()
@@ -14,10 +14,11 @@ class KCDSampler(DefaultSampler):
     """Shuffle, seed + epoch, rank sharding and round_up as DefaultSampler,
     but over the kept set that :class:`KCDHook` hands it at each E-step.
 
-    A kept sample with a summary partner is yielded as
-    ``(index, partner_index, lam)`` for :class:`KnowledgeSummaryDataset`;
-    the sampler runs in the main process, so this reaches the dataset copies
-    in persistent workers too. Before the first E-step it is exactly a
+    A kept sample the knowledge summary changes is yielded as
+    ``(index, *payload)`` for :class:`KnowledgeSummaryDataset` (the key
+    forms are listed in :mod:`kcd_mm.dataset`); the sampler runs in the
+    main process, so this reaches the dataset copies in persistent workers
+    too. Before the first E-step it is exactly a
     DefaultSampler over the whole dataset.
 
     Args:
@@ -37,15 +38,14 @@ class KCDSampler(DefaultSampler):
         super().__init__(dataset, shuffle=shuffle, seed=seed,
                          round_up=round_up)
         self.kept: Optional[torch.Tensor] = None
-        self._partners: dict = {}
+        self._payloads: Dict[int, tuple] = {}
         self._driven = False  # set_kept called: a KCDHook is in charge
 
     def set_kept(self,
                  kept: Optional[torch.Tensor],
-                 tail: Optional[torch.Tensor] = None,
-                 lost: Optional[torch.Tensor] = None,
-                 lam: Optional[torch.Tensor] = None) -> None:
-        """Restrict sampling to ``kept`` (None: all) with summary pairs."""
+                 payloads: Optional[Dict[int, tuple]] = None) -> None:
+        """Restrict sampling to ``kept`` (None: all); ``payloads`` maps a
+        kept index to the rest of its key (:meth:`Summary.payloads`)."""
         self._driven = True
         if kept is not None:
             kept = torch.sort(kept.to(torch.int64)).values
@@ -53,10 +53,7 @@ class KCDSampler(DefaultSampler):
                 raise ValueError('KCDSampler: the kept set is empty; raise '
                                  'theta so some samples are kept')
         self.kept = kept
-        self._partners = {}
-        if tail is not None and tail.numel():
-            self._partners = dict(
-                zip(tail.tolist(), zip(lost.tolist(), lam.tolist())))
+        self._payloads = dict(payloads or {})
         size = len(self.dataset) if kept is None else kept.numel()
         if self.round_up:
             self.num_samples = math.ceil(size / self.world_size)
@@ -88,8 +85,8 @@ class KCDSampler(DefaultSampler):
             indices = (indices * math.ceil(self.total_size / size))
             indices = indices[:self.total_size]
         indices = indices[self.rank:self.total_size:self.world_size]
-        if self._partners:
-            get = self._partners.get
-            indices = [(i, ) + get(i) if i in self._partners else i
+        if self._payloads:
+            get = self._payloads.get
+            indices = [(i, ) + get(i) if i in self._payloads else i
                        for i in indices]
         return iter(indices)

@@ -1,8 +1,9 @@
 """KCDState: the one owner of everything KCD adds to a training run.
 
-The bank, the current kept set and summary pairs, the stage and sample
-counts, the stage records and the selector (with whatever state only its
-strategy needs) live here and nowhere else; checkpoints save and restore
+The bank, the current kept set and summary pairs, the knowledge summary
+(what each kept sample's image is), the stage and sample counts, the stage
+records and the selector (with whatever state only its strategy needs)
+live here and nowhere else; checkpoints save and restore
 exactly :meth:`KCDState.state_dict`. Pure torch: the hook wires it to the
 Runner.
 """
@@ -19,9 +20,11 @@ from .labels import fingerprint_scheme, same_dataset
 from .options import KCDOptions
 from .records import StageRecord
 from .selection import build_selector
+from .summary import StageSummary, build_summary
 
-#: ``kcd_state['version']``: 3 moved strategy-only state into ``selector``.
-STATE_VERSION = 3
+#: ``kcd_state['version']``: 3 moved strategy-only state into ``selector``;
+#: 4 added ``summary`` (the persistent summary's images or terms).
+STATE_VERSION = 4
 
 
 class KCDState:
@@ -42,6 +45,8 @@ class KCDState:
         value_measure (str, optional): the knowledge value measure the
             bank's values come from (saved, so a resume can say when it
             changes).
+        in_memory (bool): the dataset holds its images in memory, so the
+            persistent summary keeps exact uint8 images (else terms).
     """
 
     def __init__(self,
@@ -51,7 +56,8 @@ class KCDState:
                  seed: int = 0,
                  max_epochs: Optional[int] = None,
                  fingerprint: Optional[str] = None,
-                 value_measure: Optional[str] = None) -> None:
+                 value_measure: Optional[str] = None,
+                 in_memory: bool = False) -> None:
         if options.class_min_keep > 0 and (labels is None
                                            or labels.numel() != num_samples):
             raise ValueError('class_min_keep needs one label per sample')
@@ -62,6 +68,9 @@ class KCDState:
         self.value_measure = value_measure
         self.selector = build_selector(options, num_samples, max_epochs,
                                        seed, labels)
+        self.summary = build_summary(
+            options.summary if options.blends else False, in_memory,
+            options.lam_range, options.summary_terms)
         self.bank = KnowledgeBank(num_samples)
         self.kept: Optional[torch.Tensor] = None  # None: all N
         self.pairs: Optional[Condensation] = None
@@ -109,19 +118,22 @@ class KCDState:
         self.sample_iters += int(samples_trained)
         self.full_kd_sample_iters += self.num_samples
 
-    def kept_and_pairs(self) -> Tuple[Optional[torch.Tensor], ...]:
-        """What :meth:`KCDSampler.set_kept` takes: the kept set, with the
-        summary pairs when they are blended."""
-        if self.pairs is None or not self.options.blends:
-            return (self.kept, )
-        return self.kept, self.pairs.tail, self.pairs.lost, self.pairs.lam
+    def sampler_args(self) -> Tuple[Optional[torch.Tensor], Dict]:
+        """What :meth:`KCDSampler.set_kept` takes: the kept set and each
+        summarised sample's key extras."""
+        if self.summary is None:
+            return self.kept, {}
+        return self.kept, self.summary.payloads(self.kept)
 
-    def estep(self, epoch: int) -> StageRecord:
+    def estep(self, epoch: int,
+              images: Optional[Callable] = None) -> StageRecord:
         """Choose the next kept set by the selector; return the stage record.
 
         Call after :meth:`merge` has summed every rank's records: the
         choice then depends only on the merged totals and the seed, so
-        every rank computes the same kept set.
+        every rank computes the same kept set (and summary).
+        ``images(indices)`` returns an in-memory dataset's images, for the
+        persistent summary.
         """
         recorded, skipped = self.bank.merged_counts
         if recorded == 0 and skipped > 0:
@@ -137,6 +149,10 @@ class KCDState:
                                       self.sample_iters)
         self.pairs, self.kept = choice.pairs, choice.pairs.kept
         self.last_scores = choice.scores
+        summary = None
+        if self.summary is not None:
+            summary = dict(mode=self.summary.mode,
+                           **self.summary.update(self.pairs, images))
         self.stage += 1
         record = StageRecord(
             stage=self.stage,
@@ -149,7 +165,8 @@ class KCDState:
             full_kd_sample_iters=self.full_kd_sample_iters,
             estep_seconds=time.perf_counter() - start,
             **self.bank.pop_stats(),
-            extra=choice.extra)
+            extra=choice.extra,
+            summary=summary)
         self.records.append(record)
         return record
 
@@ -175,6 +192,9 @@ class KCDState:
             bank=self.bank.state_dict(),
             kept=None if self.kept is None else self.kept.clone(),
             pairs=pairs,
+            summary=None if self.summary is None
+            or self.summary.mode != 'persistent' else
+            self.summary.state_dict(),
             stage=self.stage,
             sample_iters=self.sample_iters,
             full_kd_sample_iters=self.full_kd_sample_iters,
@@ -226,6 +246,7 @@ class KCDState:
         self.sample_iters = int(state['sample_iters'])
         self.full_kd_sample_iters = int(state['full_kd_sample_iters'])
         self.records = [StageRecord.from_dict(r) for r in state['records']]
+        self._load_summary(state, log)
         self.selector.seed = int(state.get('seed', self.seed))
         selector = state['selector']
         if selector['type'] == self.options.strategy:
@@ -237,16 +258,41 @@ class KCDState:
                 f'is dropped, strategy={self.options.strategy!r} starts '
                 'its own from here.')
 
+    def _load_summary(self, state: Dict, log) -> None:
+        """The checkpoint's summary, where this run's mode is its."""
+        if isinstance(self.summary, StageSummary) and self.pairs is not None:
+            self.summary.update(self.pairs)
+        saved = state.get('summary')
+        if saved is None:
+            return
+        if self.summary is not None and self.summary.mode == 'persistent':
+            self.summary.load_state_dict(saved)
+        elif log is not None:
+            log(logging.WARNING,
+                "KCD: the checkpoint's persistent summary (the blended images"
+                f' of {saved["indices"].numel()} samples) is dropped: this '
+                f'run has summary={self.options.summary!r}; those samples '
+                'train on their original images.')
+
 
 def upgrade_state(state: Dict) -> Dict:
-    """A saved ``kcd_state`` in the current layout (version 3).
+    """A saved ``kcd_state`` in the current layout (version 4).
 
     Versions 1-2 kept InfoBatch's loss weights at the top level and its
-    latest values in the bank; they move into ``selector``.
+    latest values in the bank; they move into ``selector``. Before version
+    4, ``summary=True`` meant today's ``'stage'``, and there was no
+    persistent summary.
     """
-    if int(state.get('version', 1)) >= STATE_VERSION:
+    version = int(state.get('version', 1))
+    if version >= STATE_VERSION:
         return state
     state = dict(state)
+    options = dict(state.get('options', {}))
+    if options.get('summary') is True:
+        options['summary'] = 'stage'
+    state.update(options=options, summary=None, version=STATE_VERSION)
+    if version >= 3:
+        return state
     bank = dict(state['bank'])
     latest = bank.pop('latest', None)
     strategy = state.get('options', {}).get('strategy', 'kcd')
@@ -254,6 +300,5 @@ def upgrade_state(state: Dict) -> Dict:
     if strategy == 'infobatch':
         own = dict(latest=latest, upweighted=state.get('upweighted'),
                    loss_weight=float(state.get('loss_weight', 1.0)))
-    state.update(bank=bank, selector=dict(type=strategy, state=own),
-                 version=STATE_VERSION)
+    state.update(bank=bank, selector=dict(type=strategy, state=own))
     return state

@@ -11,7 +11,9 @@ imported only inside the functions that need them.
 * :func:`make_image_folder` writes a small mmpretrain ``CustomDataset``
   folder (one sub-folder per class) of random PNG images whose classes are
   separable by brightness, so a few epochs give a visible accuracy;
-  :func:`make_imagenet_folder` lays such folders out as ImageNet does.
+  :func:`make_imagenet_folder` lays such folders out as ImageNet does;
+  :func:`make_mnist_folder` writes such images as MNIST's idx files, for
+  mmpretrain's in-memory ``MNIST`` dataset (:func:`use_mnist`).
 * :func:`tiny_classifier` returns an mmpretrain ``ImageClassifier`` dict
   (a narrow ``ResNet_CIFAR``).
 * :func:`tiny_classifier_config` / :func:`tiny_kd_config` return complete
@@ -97,6 +99,53 @@ def make_imagenet_folder(root: str,
                 for name in sorted(os.listdir(osp.join(folder, f'class_{c}'))):
                     f.write(f'class_{c}/{name} {c}\n')
     return root
+
+
+def make_mnist_folder(root: str, num_images: int = 64,
+                      num_classes: int = 3, size: int = 16,
+                      seed: int = 0) -> str:
+    """Grey images of :func:`make_image_folder`'s kind as MNIST idx files
+    (``train-*`` and ``t10k-*``, the same images), which mmpretrain's
+    ``MNIST`` and ``FashionMNIST`` load into memory.
+
+    Returns:
+        str: ``root``.
+    """
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    labels = np.arange(num_images, dtype=np.uint8) % num_classes
+    mean = 255.0 * (labels.astype(np.float64) + 1) / (num_classes + 1)
+    images = np.clip(
+        rng.normal(mean[:, None, None], 40.0, (num_images, size, size)), 0,
+        255).astype(np.uint8)
+    os.makedirs(root, exist_ok=True)
+    for prefix in ('train', 't10k'):
+        for kind, array, code in (('images-idx3', images, 0x803),
+                                  ('labels-idx1', labels, 0x801)):
+            header = np.array((code, ) + array.shape, dtype='>i4')
+            with open(osp.join(root, f'{prefix}-{kind}-ubyte'), 'wb') as f:
+                f.write(header.tobytes() + array.tobytes())
+    return root
+
+
+def use_mnist(cfg: Dict, data_root: str) -> Dict:
+    """Point a tiny config (built with ``in_channels=1``) at a
+    :func:`make_mnist_folder` folder: every dataset becomes mmpretrain's
+    in-memory ``MNIST``, the pipelines lose their ``LoadImageFromFile``.
+    Changes and returns ``cfg``."""
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg[name]
+        dataset = loader['dataset']
+        while dataset.get('type', '').endswith('KnowledgeSummaryDataset'):
+            dataset = dataset['dataset']
+        pipeline = [t for t in dataset['pipeline']
+                    if t['type'] != 'LoadImageFromFile']
+        dataset.clear()
+        dataset.update(type='MNIST', data_root=data_root, download=False,
+                       split='train' if name == 'train_dataloader' else
+                       'test', test_mode=name != 'train_dataloader',
+                       pipeline=pipeline)
+    return cfg
 
 
 def tiny_classifier(num_classes: int = 2,
@@ -311,7 +360,7 @@ def add_kcd(cfg: Dict,
             stage_epochs: int = 1,
             theta: float = 0.5,
             num_steps: int = 3,
-            summary: bool = True,
+            summary='stage',
             value: str = 'entropy',
             **hook_kwargs) -> Dict:
     """Turn a KD config dict into KCD the way a user's config does.
@@ -327,8 +376,9 @@ def add_kcd(cfg: Dict,
         stage_epochs (int): KCDHook's ``stage_epochs``. Defaults to 1.
         theta (float): KCDHook's ``theta``. Defaults to 0.5.
         num_steps (int): KCDHook's ``num_steps``. Defaults to 3.
-        summary (bool): KCDHook's ``summary``, and whether the dataset is
-            wrapped. Defaults to True.
+        summary (str | bool): KCDHook's ``summary`` (``'stage'``,
+            ``'persistent'`` or False); the dataset is wrapped unless False.
+            Defaults to ``'stage'``.
         value (str): ``ValueWeightedLoss``'s value measure. Defaults to
             ``'entropy'``.
         **hook_kwargs: Further KCDHook options.

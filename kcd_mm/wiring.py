@@ -101,7 +101,8 @@ def check_setup(options: KCDOptions, dataset, loop, sampler,
     """Refuse configurations KCD cannot run, before any iteration."""
     if options.blends and not isinstance(dataset, KnowledgeSummaryDataset):
         raise TypeError(
-            'KCDHook(summary=True) needs the training dataset wrapped: '
+            f'KCDHook(summary={options.summary!r}) needs the training '
+            'dataset wrapped: '
             "train_dataloader.dataset=dict(type='mmrazor."
             "KnowledgeSummaryDataset', dataset=<your dataset>); or set "
             'summary=False for prune-only KCD.')

@@ -24,7 +24,32 @@ def _upweighted(state):
 
 
 def _key(item):
-    return item if isinstance(item, int) else list(item)
+    """A sampler key as JSON: the index, then the payload (a persistent
+    summary's image or terms as a digest)."""
+    if isinstance(item, int):
+        return item
+    if len(item) == 2:
+        return [item[0], hashlib.sha256(repr(
+            item[1].tolist() if hasattr(item[1], 'tolist') else item[1]
+        ).encode()).hexdigest()[:16]]
+    return list(item)
+
+
+def _summary_digest(state):
+    """A digest of the persistent summary's saved state (None without)."""
+    saved = state.state_dict()['summary']
+    if saved is None:
+        return None
+    digest = hashlib.sha256()
+    for key in sorted(saved):
+        value = saved[key]
+        if isinstance(value, torch.Tensor):
+            value = value.numpy().tobytes()
+        elif isinstance(value, list):
+            value = b''.join(t.numpy().tobytes() for t in value)
+        digest.update(key.encode() + (value if isinstance(value, bytes) else
+                                      repr(value).encode()))
+    return digest.hexdigest()
 
 
 @HOOKS.register_module()
@@ -58,6 +83,7 @@ class KCDProbeHook(Hook):
                 lost=None if pairs is None else pairs.lost.tolist(),
                 visits=state.bank.visits.tolist(),
                 upweighted=_upweighted(state),
+                summary=_summary_digest(state),
                 sample_iters=state.sample_iters))
 
     def after_train(self, runner) -> None:

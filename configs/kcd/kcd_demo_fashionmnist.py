@@ -26,7 +26,7 @@ custom_hooks = [
         num_steps=6,
         score_exponent=0.03,
         lam_range=(0.7, 1.0),
-        summary=True)
+        summary='stage')
 ]
 
 model = dict(

@@ -50,8 +50,7 @@ def test_shards_cover_kept_set_deterministically(world):
 
 def test_partners_are_yielded_with_their_tail():
     s = _sampler(10)
-    s.set_kept(torch.tensor([0, 1, 2, 3]), torch.tensor([3]),
-               torch.tensor([7]), torch.tensor([0.75]))
+    s.set_kept(torch.tensor([0, 1, 2, 3]), {3: (7, 0.75)})
     items = list(s)
     assert (3, 7, 0.75) in items
     assert sorted(i for i in items if not isinstance(i, tuple)) == [0, 1, 2]

@@ -30,6 +30,9 @@ def _runner(cfg, tmp_path):
     (dict(num_steps=0), 'num_steps=0'),
     (dict(lam_range=(0.9, 0.2)), 'lam_range'),
     (dict(score_exponent=-1), 'score_exponent'),
+    (dict(summary=True), "write summary='stage' for that"),
+    (dict(summary='stages'), "summary='stages' must be 'persistent'"),
+    (dict(summary_terms=0), 'summary_terms=0 must be'),
 ])
 def test_option_errors_at_build(kwargs, message):
     with pytest.raises(ValueError, match=message):

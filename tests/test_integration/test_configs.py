@@ -128,8 +128,8 @@ def _strip_kcd(kcd: Dict, kd: Dict) -> Dict:
     # The training set wrapped for the summary (needed unless prune-only).
     dataset = loader['dataset']
     wrapped = _short(dataset['type']) == 'KnowledgeSummaryDataset'
-    if hook.get('summary', True):
-        assert wrapped, ('KCDHook(summary=True) needs train_dataloader.'
+    if hook.get('summary', 'stage'):
+        assert wrapped, ('KCDHook(summary=...) needs train_dataloader.'
                          'dataset wrapped in KnowledgeSummaryDataset')
     if wrapped:
         assert set(dataset) <= {'type', 'dataset', 'lazy_init'}, dataset

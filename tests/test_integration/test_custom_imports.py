@@ -38,7 +38,7 @@ train_dataloader = dict(
         dataset={{{{_base_.train_dataloader.dataset}}}}))
 custom_hooks = [
     dict(type='mmrazor.KCDHook', stage_epochs=40, theta=0.7, num_steps=6,
-         score_exponent=0.03, lam_range=(0.7, 1.0), summary=True)
+         score_exponent=0.03, lam_range=(0.7, 1.0), summary='stage')
 ]
 model = dict(
     distiller=dict(

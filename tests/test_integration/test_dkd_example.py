@@ -58,7 +58,7 @@ test_dataloader = val_dataloader
 train_cfg = dict(max_epochs=2, val_interval=2)
 custom_hooks = [
     dict(type='mmrazor.KCDHook', stage_epochs=1, theta=0.5, num_steps=1,
-         score_exponent=0.03, lam_range=(0.7, 1.0), summary=True)
+         score_exponent=0.03, lam_range=(0.7, 1.0), summary='stage')
 ]
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2))
 """

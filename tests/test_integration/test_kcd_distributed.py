@@ -3,7 +3,9 @@ import os.path as osp
 
 import pytest
 
-from kcd_mm.testing import make_image_folder, tiny_kcd_config, write_config
+from kcd_mm.testing import (add_kcd, make_image_folder, make_mnist_folder,
+                            tiny_kcd_config, tiny_kd_config, use_mnist,
+                            write_config)
 from helpers import free_port, probe_env, read_jsonl, run_tool
 
 
@@ -121,3 +123,23 @@ def test_summary_blends_in_persistent_workers(tmp_path):
     # Epoch 1: no pairs yet. Epochs 2, 3: 10 pairs, one with lam = 1.0.
     assert [(e['blended'], e['plain'], e['wrong']) for e in epochs] == [
         (0, 60, 0), (9, 41, 0), (9, 31, 0)]
+
+
+def test_two_ranks_share_one_persistent_summary(tmp_path):
+    """summary='persistent' on an in-memory dataset: both ranks hold the
+    same blended images after every E-step, and hand out the same keys."""
+    data = make_mnist_folder(str(tmp_path / 'data'), 60, 3, 16)
+    cfg = add_kcd(tiny_kd_config(data, num_classes=3, in_channels=1,
+                                 max_epochs=4, batch_size=8),
+                  theta=0.5, num_steps=3, summary='persistent')
+    cfg['train_cfg']['val_interval'] = 4
+    use_mnist(cfg, data)
+    ranks = _probed_2_rank_run(cfg, tmp_path)
+    epochs = _same_on_both_ranks(ranks, ('kept', 'tail', 'lost', 'summary'),
+                                 4)
+    assert epochs[0][0]['summary'] is not None
+    # New images at each of the 3 E-steps (none after the last epoch).
+    assert len({e['summary'] for e in epochs[0]}) == 3
+    # Persistent keys (index, image digest) reached the shards.
+    assert any(isinstance(k, list) and len(k) == 2
+               for e in epochs[0][1:] for k in e['shard'])
