@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from kcd_mm import analysis, records
 from modes import ROOT, Mode, choose_schedule  # first: ROOT on sys.path
@@ -28,16 +28,28 @@ CONFIGS = dict(
     student='configs/students/resnet18_w4_fashionmnist.py',
     kd='configs/kd/kd_demo_fashionmnist.py',
     kcd='configs/kcd/kcd_demo_fashionmnist.py')
-# arm -> (config, KCDHook options beyond the schedule)
+# arm -> (config kind, KCDHook options beyond the schedule)
 ARMS = dict(
     student=('student', {}),
     kd=('kd', {}),
+    kd_60k=('kd', {}),
     kcd=('kcd', {}),
+    kcd_stage=('kcd', dict(summary='stage')),
     kcd_prune=('kcd', dict(summary=False)),
     random=('kcd', dict(strategy='random')),
     infobatch=('kcd', dict(strategy='infobatch')))
+# The main arms of a mode that does not list its own.
+DEMO_ARMS = ('student', 'kd', 'kcd', 'kcd_prune', 'random', 'infobatch')
+# Arms' own --cfg-options: KD from the demo's w16 teacher (all 60,000
+# images) in a mode whose own teacher is another.
+ARM_CFG = dict(kd_60k={
+    'model.teacher.backbone.stem_channels': 16,
+    'model.teacher.backbone.base_channels': 16,
+    'model.teacher.head.in_channels': 128,
+    'model.teacher_ckpt': TEACHER})
 LABELS = dict(
-    student='1 student alone', kd='2 KD', kcd='3 KD+KCD',
+    student='1 student alone', kd='2 KD', kd_60k='2b KD, 60k-image teacher',
+    kcd='3 KD+KCD', kcd_stage='3b KD+KCD, stage summary',
     kcd_prune='4 KCD prune-only', random='5 random, KCD budget',
     infobatch='6 InfoBatch, KCD budget')
 REFERENCE = dict(theta=0.7, num_steps=6)  # the configs' (reference) values
@@ -63,11 +75,10 @@ class Arm:
     hook: Dict = field(default_factory=dict)  # KCDHook options
     variant: str = ''  # an ablation's name
     cfg: Dict = field(default_factory=dict)  # its extra --cfg-options
+    config: str = ''  # its config file (relative to ROOT); '' the demo's
 
-    @property
-    def config(self) -> str:
-        """The arm's config file, relative to :data:`ROOT`."""
-        return CONFIGS[ARMS[self.arm][0]]
+    def __post_init__(self):
+        self.config = self.config or CONFIGS[ARMS[self.arm][0]]
 
     @property
     def cost(self) -> float:
@@ -88,17 +99,25 @@ def plan_arms(mode: Mode) -> List[Arm]:
         budget KCD, random and InfoBatch on :func:`choose_schedule`'s
         schedule, then the ablations on their budget's schedule.
     """
+    configs = mode.configs or CONFIGS
+
+    def config(arm: str) -> str:
+        return configs[ARMS[arm][0]]
+
     arms = []
-    for arm, (_, extra) in ARMS.items():
+    for arm in mode.arms or DEMO_ARMS:
+        extra = ARMS[arm][1]
         for seed in mode.seeds.get(arm, (0, )):
             hook = {}
             if ARMS[arm][0] == 'kcd':
                 hook = dict(stage_epochs=mode.stage_epochs, **extra)
-            arms.append(Arm(f'{arm}_s{seed}', arm, seed, None, hook))
+            arms.append(Arm(f'{arm}_s{seed}', arm, seed, None, hook,
+                            cfg=dict(ARM_CFG.get(arm, {})),
+                            config=config(arm)))
     for budget in mode.budgets:
         theta, steps, _ = choose_schedule(mode.n_train, mode.epochs,
                                           mode.stage_epochs, budget)
-        for arm in ('kcd', 'random', 'infobatch'):
+        for arm in mode.budget_arms:
             hook = dict(stage_epochs=mode.stage_epochs, theta=theta,
                         num_steps=steps, **ARMS[arm][1])
             seeds = (mode.budget_seeds.get(budget, (0, ))
@@ -106,7 +125,7 @@ def plan_arms(mode: Mode) -> List[Arm]:
             for seed in seeds:
                 arms.append(
                     Arm(f'{arm}_b{round(100 * budget)}_s{seed}', arm, seed,
-                        budget, hook))
+                        budget, hook, config=config(arm)))
     for variant, budget, cfg in mode.ablations:
         stage_epochs = int(cfg.get('custom_hooks.0.stage_epochs',
                                    mode.stage_epochs))
@@ -118,7 +137,8 @@ def plan_arms(mode: Mode) -> List[Arm]:
                 Arm(f'kcd_b{round(100 * budget)}_{slug}_s{seed}', 'kcd',
                     seed, budget,
                     dict(stage_epochs=stage_epochs, theta=theta,
-                         num_steps=steps), variant, dict(cfg)))
+                         num_steps=steps), variant, dict(cfg),
+                    config=config('kcd')))
     return arms
 
 
@@ -136,11 +156,12 @@ def cfg_options(arm: Arm, mode: Mode) -> List[str]:
         # The held-out pick of the "best" checkpoint (kept beside the last).
         'default_hooks.checkpoint.save_best': 'accuracy/top1',
         'default_hooks.checkpoint.rule': 'greater',
-        'param_scheduler.T_max': mode.epochs,
-        'randomness.seed': arm.seed,
     }
+    if mode.cosine:
+        opts['param_scheduler.T_max'] = mode.epochs
+    opts['randomness.seed'] = arm.seed
     if arm.arm != 'student':
-        opts['model.teacher_ckpt'] = TEACHER
+        opts['model.teacher_ckpt'] = (mode.teacher or (None, TEACHER))[1]
         # The student only: the distill val loop would also evaluate the
         # (fixed) teacher at every validation; it is evaluated once apart.
         opts['val_cfg.type'] = 'ValLoop'
@@ -265,17 +286,49 @@ def _test(config: str, ckpt: str, work: str, opts: List[str]) -> float:
     return _top1(_scalars(work))
 
 
-def eval_teacher(root: str) -> float:
-    """The teacher's test top-1, once (it never changes). Not on the
-    held-out images: the teacher was trained on the whole training file."""
-    return _test('configs/teachers/resnet18_w16_fashionmnist.py', TEACHER,
-                 osp.join(root, 'teacher_test'), [])
+DEMO_TEACHER = ('configs/teachers/resnet18_w16_fashionmnist.py', TEACHER)
 
 
-def ensure_teacher() -> None:
-    """Train the demo's teacher with tools/run_demo.sh unless it exists."""
-    if osp.isfile(osp.join(ROOT, TEACHER)):
-        return
-    print('teacher: none yet, running tools/run_demo.sh --teacher-only')
-    subprocess.run(['bash', 'tools/run_demo.sh', '--teacher-only'],
-                   cwd=ROOT, env=tool_env(), check=True)
+def _teachers(mode: Mode) -> List[Tuple[str, str]]:
+    """(config, weights) of every teacher the mode's arms use."""
+    teachers = [mode.teacher or DEMO_TEACHER]
+    if any(a.endswith('_60k') for a in mode.arms or ()):
+        teachers.append(DEMO_TEACHER)
+    return list(dict.fromkeys(teachers))
+
+
+def eval_teacher(root: str, mode: Mode) -> Dict[str, float]:
+    """Each teacher's test top-1, once (it never changes). Not on the
+    held-out images: the demo's teacher was trained on the whole training
+    file."""
+    return {
+        config: _test(config, ckpt,
+                      osp.join(root, 'teacher_test_' + osp.basename(
+                          config)[:-3]), [])
+        for config, ckpt in _teachers(mode)}
+
+
+def ensure_teacher(mode: Mode) -> None:
+    """Prepare the data and train each teacher the mode needs, once: the
+    demo's with tools/run_demo.sh, another with tools/train.py, keeping
+    its weights in the mode's teacher file."""
+    subprocess.run([sys.executable, 'tools/prepare_fashion_mnist.py',
+                    '--per-class', '500'], cwd=ROOT, env=tool_env(),
+                   check=True, stdout=subprocess.DEVNULL)
+    for config, ckpt in _teachers(mode):
+        if osp.isfile(osp.join(ROOT, ckpt)):
+            continue
+        print(f'teacher: none yet in {ckpt}, training {config}')
+        if (config, ckpt) == DEMO_TEACHER:
+            subprocess.run(['bash', 'tools/run_demo.sh', '--teacher-only'],
+                           cwd=ROOT, env=tool_env(), check=True)
+            continue
+        work = osp.dirname(ckpt)
+        subprocess.run([sys.executable, 'tools/train.py', config,
+                        '--work-dir', work], cwd=ROOT, env=tool_env(),
+                       check=True)
+        with open(osp.join(ROOT, work, 'last_checkpoint')) as f:
+            last = f.read().strip()
+        subprocess.run([sys.executable,
+                        'tools/model_converters/extract_state_dict.py', last,
+                        ckpt], cwd=ROOT, env=tool_env(), check=True)

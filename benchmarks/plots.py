@@ -14,8 +14,9 @@ from modes import ROOT, Mode
 
 # Ablations drawn on an arm's line in the accuracy plot.
 PLOTTED_AS = {'summary=False': 'kcd_prune'}
-COLORS = dict(student='#777777', kd='#000000', kcd='#2b7bba',
-              kcd_prune='#76b7e5', random='#c8553d', infobatch='#3a9d5d')
+COLORS = dict(student='#777777', kd='#000000', kd_60k='#555555',
+              kcd='#2b7bba', kcd_stage='#8e6bbf', kcd_prune='#76b7e5',
+              random='#c8553d', infobatch='#3a9d5d')
 
 
 def plot(results: List[Dict], rows: List[Dict], mode: Mode,

@@ -68,6 +68,16 @@ def aggregate(results: List[Dict]) -> List[Dict]:
     return rows
 
 
+def _teacher_line(tops) -> str:
+    """Teachers' test top-1: one figure (older results) or per config."""
+    if not tops:
+        return ''
+    if not isinstance(tops, dict):
+        return f' Teacher test top-1 {tops:.2f}.'
+    return ' Teacher test top-1: ' + ', '.join(
+        f'{top:.2f} (`{config}`)' for config, top in tops.items()) + '.'
+
+
 def _fmt(mean: float, sd: float, n: int) -> str:
     """``mean ± sd`` over ``n`` seeds (``mean`` alone for one seed)."""
     if math.isnan(mean):
@@ -106,8 +116,7 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
         f'{summary["load_start"]} at the start, {summary["load_end"]} at '
         'the end; each arm adds 1). Raw: '
         f'`benchmarks/results/bench_{mode_name}.json`.'
-        + (f' Teacher test top-1 {summary["teacher_test_top1"]:.2f}.'
-           if summary.get('teacher_test_top1') else ''), '',
+        + _teacher_line(summary.get('teacher_test_top1')), '',
         'Top-1 in %, mean ± std over seeds. *last*: the last epoch\'s '
         'checkpoint; *best*: the checkpoint with the best held-out top-1 '
         f'(validated every {mode.val_every or mode.epochs} epochs), then '
@@ -154,13 +163,17 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
 
         for budget in sorted({r['budget'] for r in curve}):
             cells = {r['arm']: r for r in curve if r['budget'] == budget}
-            k = cells['kcd']
-            ib = cells['infobatch']
+            k = cells.get('kcd') or next(iter(cells.values()))
+            ib = cells.get('infobatch')
+            ib_cell = '-' if ib is None else (
+                f'{both(ib)} ({ib["samples_vs_kd"]:.3f}'
+                f'{", capped" if ib["capped"] else ""})')
             lines.append(
                 f'| {budget:.3f} | {k["theta"]}, {k["num_steps"]} | '
-                f'{both(k)} | {both(cells["random"])} | {both(ib)} '
-                f'({ib["samples_vs_kd"]:.3f}'
-                f'{", capped" if ib["capped"] else ""}) |')
+                f'{both(cells["kcd"]) if "kcd" in cells else "-"} | '
+                f'{both(cells["random"]) if "random" in cells else "-"} | '
+                f'{ib_cell} |')
+    lines += _paired_lines(summary['arms'])
     ablation = [r for r in rows if r.get('variant')]
     if ablation:
         lines += ['', 'Ablations (KD + KCD on the budget\'s schedule, one '
@@ -184,6 +197,58 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
         rel = osp.relpath(path, osp.join(ROOT, 'docs'))
         lines.append(f'![{osp.basename(path)}]({rel})')
     return '\n'.join(lines) + '\n'
+
+
+def paired(results: List[Dict], base: str = 'kd') -> List[Dict]:
+    """Each arm minus the main ``base`` arm on the same seed.
+
+    Seed-to-seed moves exceed most method effects, so arms are compared
+    by seed: per group (arm, budget, variant), the differences of held-out
+    best and of test top-1 (best held-out checkpoint) on every seed both
+    ran, with their mean and standard deviation.
+    """
+    ref = {r['seed']: r for r in results
+           if r['arm'] == base and r['budget'] is None
+           and not r.get('variant')}
+    groups: Dict[Tuple, List[Dict]] = {}
+    for r in results:
+        key = (r['arm'], r['budget'], r.get('variant', ''))
+        if key != (base, None, '') and r['seed'] in ref:
+            groups.setdefault(key, []).append(r)
+    out = []
+    for (arm, budget, variant), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r['seed'])
+        row = dict(arm=arm, budget=budget, variant=variant,
+                   seeds=[r['seed'] for r in rs])
+        for name, key in (('holdout', 'holdout_best'),
+                          ('test', 'test_top1_best')):
+            diffs = [round(r[key] - ref[r['seed']][key], 2) for r in rs]
+            row[name] = diffs
+            row[f'{name}_mean'], row[f'{name}_sd'] = _mean_sd(diffs)
+        out.append(row)
+    return out
+
+
+def _paired_lines(results: List[Dict]) -> List[str]:
+    rows = paired(results)
+    if not rows:
+        return []
+    lines = ['', 'Paired by seed: each arm minus KD on the same seed (top-1 '
+             'points, best held-out checkpoint), per seed and mean ± std:',
+             '', '| arm | budget | seeds | held-out − KD | test − KD |',
+             '|---|---|---|---|---|']
+    for r in rows:
+        n = len(r['seeds'])
+        name = LABELS[r['arm']] + (f', {r["variant"]}' if r['variant']
+                                   else '')
+        budget = '-' if r['budget'] is None else f'{r["budget"]:.2f}'
+        cells = [
+            ' '.join(f'{d:+.2f}' for d in r[k]) + ' → ' +
+            _fmt(r[f'{k}_mean'], r[f'{k}_sd'], n) for k in ('holdout', 'test')
+        ]
+        lines.append(f'| {name} | {budget} | {r["seeds"]} | {cells[0]} | '
+                     f'{cells[1]} |')
+    return lines
 
 
 def _micro_lines(summary: Dict, mode: Mode) -> List[str]:

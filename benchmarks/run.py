@@ -111,6 +111,10 @@ def main() -> None:
                         help='run arms again even when finished')
     parser.add_argument('--no-docs', action='store_true',
                         help='do not touch docs/results.md and docs/img')
+    parser.add_argument('--seeds', type=int, nargs='+',
+                        help='run only the arms of these seeds (the rest '
+                        'of the mode in a later invocation; the report '
+                        'covers every arm run so far)')
     parser.add_argument('--docs-only', action='store_true',
                         help='rewrite the docs from the last results json')
     args = parser.parse_args()
@@ -126,8 +130,10 @@ def main() -> None:
     root = osp.abspath(args.work_dir or
                        osp.join(ROOT, 'work_dirs', f'bench_{args.mode}'))
     start, load_start = time.perf_counter(), os.getloadavg()[0]
-    ensure_teacher()
+    ensure_teacher(mode)
     arms = sorted(plan_arms(mode), key=lambda a: -a.cost)
+    if args.seeds is not None:
+        arms = [a for a in arms if a.seed in args.seeds]
     print(f'{len(arms)} arms, {args.jobs} at a time, in {root}')
 
     def one(arm: Arm) -> Dict:
@@ -141,7 +147,7 @@ def main() -> None:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(one, arms))
-    teacher_test = eval_teacher(root)
+    teacher_test = eval_teacher(root, mode)
     micro = run_micro(mode, args.mode)
     rows = aggregate(results)
     summary = dict(
