@@ -152,3 +152,43 @@ def test_a_kind_mismatch_on_resume_is_refused():
     images = ImageSummary((0.7, 1.0))
     with pytest.raises(ValueError, match='same training dataset'):
         images.load_state_dict(TermSummary((0.7, 1.0), 4).state_dict())
+
+
+def _state(summary, n=20):
+    from kcd_mm.options import KCDOptions
+    from kcd_mm.state import KCDState
+    options = KCDOptions(stage_epochs=1, theta=0.5, num_steps=2,
+                         summary=summary)
+    return KCDState(n, options, max_epochs=3, in_memory=True)
+
+
+def test_a_persistent_state_resumed_under_another_mode_says_so():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (20, 4, 4), dtype=np.uint8)
+    state = _state('persistent')
+    state.bank.record(torch.arange(20), torch.rand(20, dtype=torch.float64))
+    state.merge()
+    state.count_epoch(20)
+    record = state.estep(1, lambda idx: [images[i] for i in idx])
+    assert record.summary['mode'] == 'persistent'
+    saved = state.state_dict()
+    assert saved['version'] == 4 and saved['summary']['kind'] == 'images'
+    same = _state('persistent')
+    same.load_state_dict(saved)
+    assert same.summary.images.keys() == state.summary.images.keys()
+    heard = []
+    other = _state('stage')
+    other.load_state_dict(saved, log=lambda level, msg: heard.append(msg))
+    assert any('persistent summary' in m and 'dropped' in m for m in heard)
+    # The stage summary picks up the checkpoint's current pairs.
+    assert set(other.sampler_args()[1]) == set(state.pairs.tail.tolist())
+
+
+def test_older_states_read_summary_true_as_the_stage_summary():
+    from kcd_mm.state import upgrade_state
+    old = dict(version=3, options=dict(summary=True, theta=0.7), bank={},
+               selector=dict(type='kcd', state={}))
+    new = upgrade_state(old)
+    assert new['version'] == 4 and new['summary'] is None
+    assert new['options']['summary'] == 'stage'
+    assert old['options']['summary'] is True  # the saved dict is not changed
