@@ -21,11 +21,14 @@ from .records import (CKPT_KEY, RECORD_FILE, RecordWriter, StageRecord,
                       check_record_file)
 from .seeding import EpochSeedingHook
 from .state import KCDState, upgrade_state
-from .wiring import (batch_ids, check_first_batch, check_same_dataset_on_ranks,
-                     check_setup, check_single_hook, class_labels,
-                     degenerate_stage, find_classifier, find_recording_loss,
-                     find_sampler, shared_seed, unwrap_summary,
-                     warn_iteration_schedulers, weights_digest)
+from .tap import LogitsTap
+from .values import get_value_measure
+from .wiring import (batch_ids, check_first_batch, check_loss_inputs,
+                     check_same_dataset_on_ranks, check_setup,
+                     check_single_hook, class_labels, degenerate_stage,
+                     find_classifier, find_recording_loss, find_sampler,
+                     shared_seed, unwrap_summary, warn_iteration_schedulers,
+                     weights_digest)
 
 
 def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -39,8 +42,11 @@ class KCDHook(Hook):
 
     The M-step is plain training on the kept set; around it, the hook
 
-    * each iteration, hands the batch's ``sample_idx`` to the model's
-      :class:`ValueWeightedLoss` and banks the values it computed;
+    * each iteration, banks each sample's knowledge value, computed from
+      the student's class logits of the training forward: read from the
+      student's classifier (``classifier``, found automatically), or, when
+      the model has a recording :class:`ValueWeightedLoss`, from that
+      loss's inputs;
     * each epoch, merges all ranks' values into the knowledge bank;
     * at each stage boundary (every ``stage_epochs`` epochs), runs the
       E-step: the selector ranks all samples and condenses the kept set,
@@ -81,6 +87,15 @@ class KCDHook(Hook):
         infobatch_full_epochs_ratio (float): with ``'infobatch'``, the last
             ``ceil(ratio * max_epochs)`` epochs train on all data.
             Defaults to 0.125.
+        value (str): the knowledge value measure when KCD reads the
+            classifier itself (``'entropy'``, the reference;
+            ``'teacher_kl'``, ``'ce'``, ``'margin'``); a recording
+            ValueWeightedLoss uses its own ``value``. Defaults to
+            ``'entropy'``.
+        classifier (str, optional): the student module whose outputs are
+            the class logits, as a path relative to the student (as in
+            MMRazor's recorders, e.g. ``'head.fc'``); None finds it
+            (``head.fc``, else the last ``nn.Linear``).
         record_file (str): stage record name in the work dir.
         epoch_seeding (bool): run :class:`EpochSeedingHook`'s reseeding,
             so a run resumed from an epoch checkpoint repeats the
@@ -101,6 +116,8 @@ class KCDHook(Hook):
                  class_min_keep: float = 0.0,
                  strategy: str = 'kcd',
                  infobatch_full_epochs_ratio: float = 0.125,
+                 value: str = 'entropy',
+                 classifier: Optional[str] = None,
                  record_file: str = RECORD_FILE,
                  epoch_seeding: bool = True) -> None:
         self.options = KCDOptions(
@@ -115,6 +132,12 @@ class KCDHook(Hook):
             class_min_keep=class_min_keep,
             strategy=strategy,
             infobatch_full_epochs_ratio=infobatch_full_epochs_ratio)
+        get_value_measure(value)  # an unknown measure fails here
+        if classifier is not None and not isinstance(classifier, str):
+            raise TypeError(
+                f'KCDHook classifier={classifier!r} must be a module path '
+                "relative to the student, e.g. 'head.fc', or None.")
+        self.value, self.classifier = value, classifier
         self.record_file = check_record_file(record_file)
         self.seeding = EpochSeedingHook() if epoch_seeding else None
         self.state: Optional[KCDState] = None
@@ -133,7 +156,12 @@ class KCDHook(Hook):
         check_single_hook(runner.hooks, KCDHook)
         self._sampler = find_sampler(loader)
         self._loss = find_recording_loss(runner.model)
-        self._classifier = find_classifier(runner.model)
+        if self._loss is None:
+            self._loss = LogitsTap(runner.model, self.value, self.classifier)
+            self._classifier = self._loss.module
+        else:
+            check_loss_inputs(runner.model, self._loss)
+            self._classifier = find_classifier(runner.model)
         self._classifier_digest = weights_digest(self._classifier)
         check_setup(self.options, dataset, runner.train_loop, self._sampler,
                     get_world_size())
@@ -169,6 +197,10 @@ class KCDHook(Hook):
             f'epochs {state.boundaries()}, kept now {state.kept_size}, '
             f'sample budget {state.budget}, knowledge bank '
             f'{state.bank.nbytes / 2**20:.1f} MiB')
+
+    def after_train(self, runner) -> None:
+        if isinstance(self._loss, LogitsTap):
+            self._loss.remove()
 
     def before_train_epoch(self, runner) -> None:
         if self.seeding is not None:

@@ -142,7 +142,8 @@ class ValueWeightedLoss(nn.Module):
             raise ValueError(
                 f'ValueWeightedLoss expects class logits (batch, classes) as '
                 f'{self._params[0]!r}, got shape {tuple(preds_S.shape)}: '
-                'record the head.fc outputs (ModuleOutputs) for this loss.')
+                'it wraps logits losses only. Remove the wrapper: KCD reads '
+                "its values from the student's classifier itself.")
         values = None
         sample_weights = None
         if self.training and self._batch is not None:

@@ -362,6 +362,7 @@ def add_kcd(cfg: Dict,
             num_steps: int = 3,
             summary='stage',
             value: str = 'entropy',
+            wrap_losses: bool = True,
             **hook_kwargs) -> Dict:
     """Turn a KD config dict into KCD the way a user's config does.
 
@@ -379,8 +380,12 @@ def add_kcd(cfg: Dict,
         summary (str | bool): KCDHook's ``summary`` (``'stage'``,
             ``'persistent'`` or False); the dataset is wrapped unless False.
             Defaults to ``'stage'``.
-        value (str): ``ValueWeightedLoss``'s value measure. Defaults to
-            ``'entropy'``.
+        value (str): the value measure (``ValueWeightedLoss``'s, or
+            KCDHook's without wrapping). Defaults to ``'entropy'``.
+        wrap_losses (bool): wrap every distill loss in
+            ``ValueWeightedLoss``; False leaves them as they are (the
+            three-line recipe: KCD reads the student classifier).
+            Defaults to True.
         **hook_kwargs: Further KCDHook options.
 
     Returns:
@@ -398,6 +403,9 @@ def add_kcd(cfg: Dict,
         dict(type='mmrazor.KCDHook', stage_epochs=stage_epochs, theta=theta,
              num_steps=num_steps, summary=summary, **hook_kwargs)
     ]
+    if not wrap_losses:
+        cfg['custom_hooks'][0]['value'] = value
+        return cfg
     losses = cfg['model']['distiller']['distill_losses']
     for name, loss in losses.items():
         losses[name] = dict(type='ValueWeightedLoss', loss=loss, value=value)

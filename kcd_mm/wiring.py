@@ -20,6 +20,7 @@ from .labels import dataset_labels
 from .loss import ValueWeightedLoss
 from .options import KCDOptions
 from .sampler import KCDSampler
+from .tap import find_classifier_in, model_parts
 
 
 def find_sampler(loader) -> KCDSampler:
@@ -36,15 +37,12 @@ def find_sampler(loader) -> KCDSampler:
 
 
 def find_classifier(model) -> Optional[nn.Module]:
-    """The student's classifier: ``head.fc`` of an mmpretrain student,
-    else its last ``nn.Linear``; None when there is none."""
-    model = getattr(model, 'module', model)  # a DDP wrapper
-    student = getattr(model, 'student', None) or model
-    head = getattr(student, 'head', None)
-    if isinstance(getattr(head, 'fc', None), nn.Linear):
-        return head.fc
-    linears = [m for m in student.modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
+    """The student's classifier (see :func:`tap.find_classifier_in`);
+    None when there is none."""
+    try:
+        return find_classifier_in(model_parts(model)[0])[0]
+    except ValueError:
+        return None
 
 
 def weights_digest(module: Optional[nn.Module]) -> Optional[bytes]:
@@ -81,19 +79,48 @@ def check_single_hook(hooks, hook_type: type) -> None:
             "dict(type='mmrazor.KCDHook', ...).")
 
 
-def find_recording_loss(model) -> ValueWeightedLoss:
-    """The model's one :class:`ValueWeightedLoss` with ``record=True``."""
+def find_recording_loss(model) -> Optional[ValueWeightedLoss]:
+    """The model's one :class:`ValueWeightedLoss` with ``record=True``;
+    None when there is none (KCD then reads the classifier itself)."""
     losses = [
         m for m in model.modules()
         if isinstance(m, ValueWeightedLoss) and m.record
     ]
-    if len(losses) != 1:
+    if len(losses) > 1:
         raise ValueError(
-            'KCDHook needs exactly one recording ValueWeightedLoss in '
-            f'the model, found {len(losses)}. Wrap the logits distill '
-            "loss: dict(type='ValueWeightedLoss', loss=dict(type="
-            "'KLDivergence', ...)); set record=False on any others.")
-    return losses[0]
+            'KCDHook takes its values from one recording ValueWeightedLoss, '
+            f'found {len(losses)}: set record=False on all but one, or on '
+            'all of them (KCD then reads the student classifier itself).')
+    return losses[0] if losses else None
+
+
+def check_loss_inputs(model, loss: ValueWeightedLoss) -> None:
+    """A recording ValueWeightedLoss must get the student's class logits:
+    refuse, before any iteration, one whose student input is recorded
+    from a module that is not a classifier (a neck, a feature map)."""
+    model = getattr(model, 'module', model)
+    distiller = getattr(model, 'distiller', None)
+    if distiller is None:
+        return
+    name = next((n for n, m in distiller.distill_losses.items()
+                 if m is loss), None)
+    mapping = distiller.loss_forward_mappings.get(name, {})
+    first = mapping.get(loss._params[0]) or {}
+    if not first.get('from_student', False):
+        return
+    recorder = distiller.student_recorders.recorders.get(first['recorder'])
+    source = getattr(recorder, 'source', None)
+    if type(recorder).__name__ != 'ModuleOutputsRecorder' or not source:
+        return  # not a module's outputs: checked by shape at run time
+    module = model_parts(model)[0].get_submodule(source)
+    if not isinstance(module, nn.Linear):
+        raise TypeError(
+            f'ValueWeightedLoss wraps distill loss {name!r}, whose student '
+            f'input is the output of {source!r} ({type(module).__name__}), '
+            'not class logits. Remove the wrapper: KCD reads its values '
+            "from the student's classifier itself "
+            '(docs/add_kcd_to_your_config.md); wrap only a logits loss, '
+            "and only for weighting='value' or strategy='infobatch'.")
 
 
 def check_setup(options: KCDOptions, dataset, loop, sampler,

@@ -28,13 +28,3 @@ custom_hooks = [
         lam_range=(0.7, 1.0),
         summary='stage')
 ]
-
-model = dict(
-    distiller=dict(
-        distill_losses=dict(
-            loss_kl=dict(
-                _delete_=True,
-                type='ValueWeightedLoss',
-                value='entropy',
-                weighting='uniform',
-                loss=dict(type='KLDivergence', tau=4, loss_weight=0.9)))))

@@ -15,9 +15,8 @@
 #   kept  1281167 1217109   1153051   1088993   1024935   960877 (75.0%)
 #   -> 87.75% of KD's sample-iterations (439,201 iterations per GPU at
 #      8 x 32 instead of 500,500).
-# DKD needs the hard labels: the base records them at the input of the
-# student's head.loss_module and maps them to DKDLoss's `gt_labels`; the
-# wrapper keeps DKDLoss's signature, so that mapping is untouched.
+# The base's DKDLoss and its loss_forward_mappings stay untouched: KCD reads
+# the student's class logits from its head.fc.
 #
 # The base's `mmcls::` paths are read from mmpretrain by kcd_mm.compat, so
 # kcd_mm must be imported before the file is parsed (custom_imports runs
@@ -27,8 +26,9 @@
 # Stage records: <work_dir>/kcd_stages.jsonl
 _base_ = ['mmrazor::distill/mmcls/dkd/dkd_resnet34_resnet18_8xb32_in1k.py']
 
-# Registers mmrazor.KCDHook, KCDSampler, KnowledgeSummaryDataset and
-# ValueWeightedLoss (and applies kcd_mm's stack shims).
+# Registers mmrazor.KCDHook, KCDSampler and KnowledgeSummaryDataset (and
+# applies kcd_mm's stack shims). The distill losses stay as in the base:
+# KCD reads the student's class logits from its head.fc.
 custom_imports = dict(imports=['kcd_mm'], allow_failed_imports=False)
 
 # The base's ImageNet train set, wrapped so kept tail samples can be blended
@@ -55,22 +55,4 @@ custom_hooks = [
 model = dict(
     # The stock config also downloads the teacher through mmengine.hub
     # (pretrained=True) before loading teacher_ckpt; one source is enough.
-    teacher=dict(pretrained=False),
-    distiller=dict(
-        distill_losses=dict(
-            # The base's DKDLoss with its own settings, wrapped: returned
-            # unchanged (uniform weighting, as the KCD reference), while the
-            # student's entropy on each sample is recorded as its knowledge
-            # value. loss_forward_mappings.loss_dkd (preds_S, preds_T,
-            # gt_labels) stays as in the base.
-            loss_dkd=dict(
-                _delete_=True,
-                type='ValueWeightedLoss',
-                value='entropy',
-                weighting='uniform',
-                loss=dict(
-                    type='DKDLoss',
-                    tau=1,
-                    beta=0.5,
-                    loss_weight=1,
-                    reduction='mean')))))
+    teacher=dict(pretrained=False))

@@ -24,12 +24,3 @@ custom_hooks = [
         num_steps=6,
         summary='persistent')
 ]
-
-model = dict(
-    distiller=dict(
-        distill_losses=dict(
-            loss_kl=dict(
-                _delete_=True,
-                type='ValueWeightedLoss',
-                value='entropy',
-                loss={{_base_.model.distiller.distill_losses.loss_kl}}))))

@@ -20,8 +20,9 @@
 # Stage records: <work_dir>/kcd_stages.jsonl
 _base_ = ['../kd/kd_r34_r18_cifar100.py']
 
-# Registers mmrazor.KCDHook, KCDSampler, KnowledgeSummaryDataset and
-# ValueWeightedLoss (and applies kcd_mm's stack shims).
+# Registers mmrazor.KCDHook, KCDSampler and KnowledgeSummaryDataset (and
+# applies kcd_mm's stack shims). The distill losses stay as in the base:
+# KCD reads the student's class logits from its head.fc.
 custom_imports = dict(imports=['kcd_mm'], allow_failed_imports=False)
 
 # The base's CIFAR-100 train set, wrapped so kept tail samples can be
@@ -44,16 +45,3 @@ custom_hooks = [
         lam_range=(0.7, 1.0),
         summary='stage')
 ]
-
-# The same KL loss, wrapped: returned unchanged (uniform weighting, as the
-# reference), while the student's entropy on each sample is recorded as its
-# knowledge value.
-model = dict(
-    distiller=dict(
-        distill_losses=dict(
-            loss_kl=dict(
-                _delete_=True,
-                type='ValueWeightedLoss',
-                value='entropy',
-                weighting='uniform',
-                loss=dict(type='KLDivergence', tau=4, loss_weight=0.9)))))

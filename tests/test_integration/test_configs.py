@@ -3,8 +3,9 @@
 For each ``configs/kcd/kcd_X.py`` there is a ``configs/kd/kd_X.py`` twin,
 and the two loaded configs differ only by KCD's pieces: ``kcd_mm`` in
 ``custom_imports``, the ``KCDSampler``, the ``KnowledgeSummaryDataset``
-wrapper around the same dataset, one ``KCDHook``, and the logits distill
-loss wrapped in ``ValueWeightedLoss`` around the same loss. Models are built
+wrapper around the same dataset, one ``KCDHook``, and (optionally) one
+logits distill loss wrapped in ``ValueWeightedLoss`` around the same loss
+(KCD reads the student classifier itself otherwise). Models are built
 with ``teacher_ckpt=None`` (nothing is downloaded or read from disk).
 """
 import copy
@@ -20,6 +21,7 @@ from mmengine.registry import DefaultScope
 from mmengine.utils import import_modules_from_strings
 
 from kcd_mm import KCDHook, ValueWeightedLoss
+from kcd_mm.tap import find_classifier_in
 from helpers import repo_root
 
 CONFIG_ROOT = osp.join(repo_root(), 'configs')
@@ -135,7 +137,7 @@ def _strip_kcd(kcd: Dict, kd: Dict) -> Dict:
         assert set(dataset) <= {'type', 'dataset', 'lazy_init'}, dataset
         loader['dataset'] = dataset['dataset']
 
-    # One recording ValueWeightedLoss around the twin's loss.
+    # At most one ValueWeightedLoss, around the twin's loss.
     losses = cfg['model']['distiller']['distill_losses']
     twin_losses = kd['model']['distiller']['distill_losses']
     wrappers = 0
@@ -148,7 +150,7 @@ def _strip_kcd(kcd: Dict, kd: Dict) -> Dict:
             f'{name} wraps {loss["loss"]}, the KD twin has '
             f'{twin_losses[name]}')
         losses[name] = loss['loss']
-    assert wrappers >= 1, 'no distill loss wrapped in ValueWeightedLoss'
+    assert wrappers <= 1, 'more than one distill loss wrapped'
     return cfg
 
 
@@ -213,10 +215,16 @@ def test_kcd_pieces_build(path):
     assert 1 <= opts.stage_epochs < max_epochs, 'no E-step would happen'
     assert 0 < opts.theta < 1 and opts.num_steps >= 1
 
+    kcd_model = _build(path)
     kcd_losses = [
-        m for m in _build(path).modules() if isinstance(m, ValueWeightedLoss)
+        m for m in kcd_model.modules() if isinstance(m, ValueWeightedLoss)
     ]
-    assert len([m for m in kcd_losses if m.record]) == 1
+    assert len([m for m in kcd_losses if m.record]) <= 1
+    if not kcd_losses:  # KCD reads the student's classifier: a logits one
+        fc, _ = find_classifier_in(kcd_model.student, hook_cfg.get(
+            'classifier'))
+        assert isinstance(fc, nn.Linear)
+        assert fc.out_features == kcd_model.student.head.num_classes
     kd_model = _build(_twin(path))
     assert not any(
         isinstance(m, ValueWeightedLoss) for m in kd_model.modules())

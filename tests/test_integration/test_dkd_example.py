@@ -64,11 +64,13 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2))
 """
 
 
-def test_dkd_config_wraps_dkd_loss():
+def test_dkd_config_leaves_dkd_loss_alone():
+    """The three-line recipe: DKD's loss and mappings as the base has them,
+    and KCD's values read from the student's head.fc."""
     from mmrazor.models.losses import DKDLoss
     from mmrazor.registry import MODELS
 
-    from kcd_mm import ValueWeightedLoss
+    from kcd_mm.tap import find_classifier_in
 
     cfg = Config.fromfile(CONFIG)
     assert cfg.model.teacher.pretrained is False
@@ -85,11 +87,12 @@ def test_dkd_config_wraps_dkd_loss():
     cfg.model.teacher_ckpt = None
     with DefaultScope.overwrite_default_scope(cfg.default_scope):
         model = MODELS.build(cfg.model)
-    wrapper = model.distiller.distill_losses['loss_dkd']
-    assert isinstance(wrapper, ValueWeightedLoss) and wrapper.record
-    assert isinstance(wrapper.loss, DKDLoss)
-    assert (wrapper.loss.tau, wrapper.loss.alpha, wrapper.loss.beta,
-            wrapper.loss.reduction) == (1, 1.0, 0.5, 'mean')
+    loss = model.distiller.distill_losses['loss_dkd']
+    assert type(loss) is DKDLoss
+    assert (loss.tau, loss.alpha, loss.beta, loss.reduction) == (1, 1.0, 0.5,
+                                                                 'mean')
+    fc, path = find_classifier_in(model.student)
+    assert path == 'head.fc' and fc.out_features == 1000
     assert isinstance(model.teacher, nn.Module)
 
 

@@ -127,11 +127,14 @@ def test_summary_blends_in_persistent_workers(tmp_path):
 
 def test_two_ranks_share_one_persistent_summary(tmp_path):
     """summary='persistent' on an in-memory dataset: both ranks hold the
-    same blended images after every E-step, and hand out the same keys."""
+    same blended images after every E-step, and hand out the same keys;
+    the values come from the student classifier (no loss wrapper) inside
+    DDP."""
     data = make_mnist_folder(str(tmp_path / 'data'), 60, 3, 16)
     cfg = add_kcd(tiny_kd_config(data, num_classes=3, in_channels=1,
                                  max_epochs=4, batch_size=8),
-                  theta=0.5, num_steps=3, summary='persistent')
+                  theta=0.5, num_steps=3, summary='persistent',
+                  wrap_losses=False)
     cfg['train_cfg']['val_interval'] = 4
     use_mnist(cfg, data)
     ranks = _probed_2_rank_run(cfg, tmp_path)
@@ -143,3 +146,6 @@ def test_two_ranks_share_one_persistent_summary(tmp_path):
     # Persistent keys (index, image digest) reached the shards.
     assert any(isinstance(k, list) and len(k) == 2
                for e in epochs[0][1:] for k in e['shard'])
+    # Both ranks' classifier values reached every E-step.
+    stages = read_jsonl(osp.join(str(tmp_path / 'work'), 'kcd_stages.jsonl'))
+    assert [s['values_recorded'] for s in stages] == [60, 50, 40]
