@@ -112,22 +112,36 @@ class KnowledgeSummaryDataset:
                 'summary=False in KCDHook.')
         return results
 
+    def _buffers(self, shape: tuple) -> tuple:
+        """Two float32 scratch images of ``shape``, kept per process: a
+        fresh ImageNet-sized temporary per blend cost more page faults
+        than arithmetic (measured in benchmarks/bench_summary_load.py)."""
+        cache = self.__dict__.setdefault('_scratch', {})
+        if shape not in cache:
+            cache.clear()
+            cache[shape] = (np.empty(shape, np.float32),
+                            np.empty(shape, np.float32))
+        return cache[shape]
+
     def _combined(self, idx: int, terms) -> dict:
         """Sample ``idx`` with the image ``sum w * img_j`` over ``terms``
         ((j, w) pairs; j may be ``idx`` itself), rounded once."""
         results = self._loaded(idx)
         img = results['img']
-        mixed = np.zeros(img.shape, np.float32)
+        mixed, term = self._buffers(img.shape)
+        mixed.fill(0.0)
         for j, w in terms:
             other = img if j == idx else self._loaded(j)['img']
             if other.shape[:2] != img.shape[:2]:
                 other = imresize(other, (img.shape[1], img.shape[0]))
             if other.ndim != img.ndim:
                 other = other.reshape(img.shape)
-            mixed += np.float32(w) * other.astype(np.float32)
+            np.multiply(other, np.float32(w), out=term, dtype=np.float32)
+            mixed += term
         if np.issubdtype(img.dtype, np.integer):
             info = np.iinfo(img.dtype)
-            mixed = np.clip(np.rint(mixed), info.min, info.max)
+            np.rint(mixed, out=mixed)
+            np.clip(mixed, info.min, info.max, out=mixed)
         results['img'] = mixed.astype(img.dtype)
         return results
 
