@@ -289,15 +289,16 @@ def _test(config: str, ckpt: str, work: str, opts: List[str]) -> float:
 DEMO_TEACHER = ('configs/teachers/resnet18_w16_fashionmnist.py', TEACHER)
 
 
-def _teachers(mode: Mode) -> List[Tuple[str, str]]:
-    """(config, weights) of every teacher the mode's arms use."""
+def _teachers(mode: Mode, arms: List[Arm]) -> List[Tuple[str, str]]:
+    """(config, weights) of every teacher the arms use."""
     teachers = [mode.teacher or DEMO_TEACHER]
-    if any(a.endswith('_60k') for a in mode.arms or ()):
+    if any(a.arm in ARM_CFG for a in arms):
         teachers.append(DEMO_TEACHER)
     return list(dict.fromkeys(teachers))
 
 
-def eval_teacher(root: str, mode: Mode) -> Dict[str, float]:
+def eval_teacher(root: str, mode: Mode,
+                 arms: List[Arm]) -> Dict[str, float]:
     """Each teacher's test top-1, once (it never changes). Not on the
     held-out images: the demo's teacher was trained on the whole training
     file."""
@@ -305,17 +306,17 @@ def eval_teacher(root: str, mode: Mode) -> Dict[str, float]:
         config: _test(config, ckpt,
                       osp.join(root, 'teacher_test_' + osp.basename(
                           config)[:-3]), [])
-        for config, ckpt in _teachers(mode)}
+        for config, ckpt in _teachers(mode, arms)}
 
 
-def ensure_teacher(mode: Mode) -> None:
+def ensure_teacher(mode: Mode, arms: List[Arm]) -> None:
     """Prepare the data and train each teacher the mode needs, once: the
     demo's with tools/run_demo.sh, another with tools/train.py, keeping
     its weights in the mode's teacher file."""
     subprocess.run([sys.executable, 'tools/prepare_fashion_mnist.py',
                     '--per-class', '500'], cwd=ROOT, env=tool_env(),
                    check=True, stdout=subprocess.DEVNULL)
-    for config, ckpt in _teachers(mode):
+    for config, ckpt in _teachers(mode, arms):
         if osp.isfile(osp.join(ROOT, ckpt)):
             continue
         print(f'teacher: none yet in {ckpt}, training {config}')

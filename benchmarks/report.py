@@ -254,6 +254,8 @@ def _paired_lines(results: List[Dict]) -> List[str]:
 def _micro_lines(summary: Dict, mode: Mode) -> List[str]:
     """The E-step and overhead paragraphs and the E-step table."""
     lines: List[str] = []
+    if not summary.get('micro'):
+        return lines  # run with --no-micro
     estep = summary['micro']['estep']
     epochs = estep.get('epochs', 100)
     lines += ['', 'E-step (benchmarks/bench_estep.py, 1 thread; each N in a '

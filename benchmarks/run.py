@@ -115,6 +115,11 @@ def main() -> None:
                         help='run only the arms of these seeds (the rest '
                         'of the mode in a later invocation; the report '
                         'covers every arm run so far)')
+    parser.add_argument('--arms', nargs='+',
+                        help='run only these arms (keys of arms.ARMS), in '
+                        'this order')
+    parser.add_argument('--no-micro', action='store_true',
+                        help='skip the E-step and overhead micro-benchmarks')
     parser.add_argument('--docs-only', action='store_true',
                         help='rewrite the docs from the last results json')
     args = parser.parse_args()
@@ -130,10 +135,13 @@ def main() -> None:
     root = osp.abspath(args.work_dir or
                        osp.join(ROOT, 'work_dirs', f'bench_{args.mode}'))
     start, load_start = time.perf_counter(), os.getloadavg()[0]
-    ensure_teacher(mode)
     arms = sorted(plan_arms(mode), key=lambda a: -a.cost)
     if args.seeds is not None:
         arms = [a for a in arms if a.seed in args.seeds]
+    if args.arms:
+        arms = sorted((a for a in arms if a.arm in args.arms),
+                      key=lambda a: args.arms.index(a.arm))
+    ensure_teacher(mode, arms)
     print(f'{len(arms)} arms, {args.jobs} at a time, in {root}')
 
     def one(arm: Arm) -> Dict:
@@ -147,8 +155,8 @@ def main() -> None:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(one, arms))
-    teacher_test = eval_teacher(root, mode)
-    micro = run_micro(mode, args.mode)
+    teacher_test = eval_teacher(root, mode, arms)
+    micro = {} if args.no_micro else run_micro(mode, args.mode)
     rows = aggregate(results)
     summary = dict(
         mode=args.mode, settings=asdict(mode), jobs=args.jobs,
