@@ -179,7 +179,10 @@ setup(
     cmdclass={'build_py': BuildPyWithMmrazorHook},
     # flake8, isort: as .pre-commit-config.yaml pins them; .ci/run runs both
     extras_require={
-        'tests': ['pytest', 'tensorboard', 'flake8==7.1.1', 'isort==5.13.2']
+        # scipy: MMRazor's OFD (configs/kcd/kcd_ofd_*) needs it, undeclared
+        'tests': [
+            'pytest', 'tensorboard', 'scipy', 'flake8==7.1.1', 'isort==5.13.2'
+        ]
     },
     license='Apache-2.0',
 )

@@ -172,11 +172,12 @@ def test_config_has_header(path):
 
 @pytest.mark.parametrize('path', ALL_CONFIGS, ids=_name)
 def test_config_builds(path):
+    from mmrazor.models import SingleTeacherDistill
     cfg = _load(path)
-    assert cfg.model.get('type', '').endswith('SingleTeacherDistill')
     assert 'teacher_ckpt' in cfg.model
     model = _build(path)
-    assert type(model).__name__ == 'SingleTeacherDistill'
+    # SingleTeacherDistill or a method's own subclass (OFD's).
+    assert isinstance(model, SingleTeacherDistill), type(model)
     assert type(model.data_preprocessor).__name__ in (
         'ClsDataPreprocessor', 'ImgDataPreprocessor')
     # KCD counts epochs: an iteration-based lr schedule would run behind.
