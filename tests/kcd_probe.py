@@ -115,11 +115,13 @@ class PauseHook(Hook):
 
 @HOOKS.register_module()
 class BlendProbeHook(Hook):
-    """Counts, per epoch, batch images that differ from the plain sample.
+    """Counts, per epoch, batch images that show the summary's image.
 
-    The pipeline must be deterministic (no augmentation): then a kept tail
-    sample with lam < 1 arrives blended and every other one unchanged,
-    whether it was loaded in the main process or in a worker.
+    The pipeline must be deterministic (no augmentation): then each sample
+    arrives as the main process's dataset gives it for the key the summary
+    hands the sampler (blended where the key carries a blend, plain
+    otherwise), whether it was loaded in the main process or in a worker.
+    ``wrong`` counts the images that do not.
     """
     priority = 'LOW'
 
@@ -128,24 +130,24 @@ class BlendProbeHook(Hook):
 
     def before_train_epoch(self, runner) -> None:
         self._blended = self._plain = self._wrong = 0
+        self._payloads = kcd_hook(runner).state.sampler_args()[1]
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:
-        state = kcd_hook(runner).state
-        pairs = state.pairs
-        lam = {} if pairs is None else dict(
-            zip(pairs.tail.tolist(), pairs.lam.tolist()))
         dataset = runner.train_dataloader.dataset
         for img, sample in zip(data_batch['inputs'],
                                data_batch['data_samples']):
             idx = sample.metainfo['sample_idx']
-            same = bool((img == dataset[idx]['inputs']).all())
-            if lam.get(idx, 1.0) < 1.0:
-                self._blended += int(not same)
-                self._wrong += int(same)
+            plain = dataset[idx]['inputs']
+            want = plain
+            if idx in self._payloads:
+                want = dataset[(idx, ) + self._payloads[idx]]['inputs']
+            if not bool((img == want).all()):
+                self._wrong += 1
+            elif bool((want == plain).all()):
+                self._plain += 1
             else:
-                self._plain += int(same)
-                self._wrong += int(not same)
+                self._blended += 1
 
     def after_train_epoch(self, runner) -> None:
         path = osp.join(self.out_dir, 'blend_probe.jsonl')

@@ -103,10 +103,12 @@ def test_round_up_false_on_two_ranks_is_refused(tmp_path):
     assert 'KCDSampler(round_up=False) on several ranks' in out.stdout
 
 
-def test_summary_blends_in_persistent_workers(tmp_path):
-    """Pairs set by the hook in the main process reach worker copies."""
+@pytest.mark.parametrize('summary', ['stage', 'persistent'])
+def test_summary_blends_in_persistent_workers(tmp_path, summary):
+    """Pairs (stage) and terms (persistent, a file dataset) set by the hook
+    in the main process reach the worker copies."""
     data = make_image_folder(str(tmp_path / 'data'), 60, 3, 16)
-    cfg = tiny_kcd_config(data, max_epochs=3)
+    cfg = tiny_kcd_config(data, max_epochs=3, summary=summary)
     loader = cfg['train_dataloader']
     loader.update(num_workers=2, persistent_workers=True)
     inner = loader['dataset']['dataset']
@@ -120,9 +122,16 @@ def test_summary_blends_in_persistent_workers(tmp_path):
     run_tool(['tools/train.py', path, '--work-dir', str(tmp_path / 'w')],
              env=env)
     epochs = read_jsonl(osp.join(tmp_path, 'blend_probe.jsonl'))
-    # Epoch 1: no pairs yet. Epochs 2, 3: 10 pairs, one with lam = 1.0.
-    assert [(e['blended'], e['plain'], e['wrong']) for e in epochs] == [
-        (0, 60, 0), (9, 41, 0), (9, 31, 0)]
+    counts = [(e['blended'], e['plain'], e['wrong']) for e in epochs]
+    if summary == 'stage':
+        # Epoch 1: no pairs yet. Epochs 2, 3: 10 pairs, one with lam = 1.0.
+        assert counts == [(0, 60, 0), (9, 41, 0), (9, 31, 0)]
+    else:
+        # Epoch 3 also carries epoch 2's blends that are still kept.
+        assert counts[0] == (0, 60, 0)
+        assert [sum(c) for c in counts] == [60, 50, 40]
+        assert all(w == 0 for _, _, w in counts)
+        assert 9 <= counts[1][0] and counts[2][0] > 9
 
 
 def test_two_ranks_share_one_persistent_summary(tmp_path):
