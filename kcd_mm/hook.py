@@ -24,11 +24,11 @@ from .state import KCDState, upgrade_state
 from .tap import LogitsTap
 from .values import get_value_measure
 from .wiring import (batch_ids, check_first_batch, check_loss_inputs,
-                     check_same_dataset_on_ranks, check_setup,
-                     check_single_hook, class_labels, degenerate_stage,
-                     find_classifier, find_recording_loss, find_sampler,
-                     shared_seed, unwrap_summary, warn_iteration_schedulers,
-                     weights_digest)
+                     check_not_data_free, check_same_dataset_on_ranks,
+                     check_setup, check_single_hook, class_labels,
+                     degenerate_stage, find_classifier, find_recording_loss,
+                     find_sampler, shared_seed, unwrap_summary,
+                     warn_iteration_schedulers, weights_digest)
 
 
 def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -154,6 +154,7 @@ class KCDHook(Hook):
         loader = runner.train_dataloader
         dataset = loader.dataset
         check_single_hook(runner.hooks, KCDHook)
+        check_not_data_free(runner.model)
         self._sampler = find_sampler(loader)
         self._loss = find_recording_loss(runner.model)
         if self._loss is None:

@@ -68,6 +68,21 @@ def degenerate_stage(value_mean: float, value_std: float,
     return None
 
 
+def check_not_data_free(model) -> None:
+    """Refuse data-free distillation (MMRazor's DataFreeDistillation:
+    DAFL, ZSKT, DFAD): its student learns from images a generator makes,
+    so there is no training set for KCD to value and condense."""
+    model = getattr(model, 'module', model)
+    for cls in type(model).__mro__:
+        if cls.__name__ == 'DataFreeDistillation':
+            raise TypeError(
+                f'KCD condenses a training set, and {type(model).__name__} '
+                'is data-free distillation: the student trains on images '
+                'its generator makes, not on the dataset, so there is '
+                "nothing to condense. Remove KCD's lines (KCDHook, "
+                'KCDSampler, KnowledgeSummaryDataset) from this config.')
+
+
 def check_single_hook(hooks, hook_type: type) -> None:
     """Refuse two KCD hooks: each would record every stage, and the one
     whose bank saw nothing would decide the kept set."""
