@@ -78,11 +78,13 @@ def cpu_threads(environ, cores: int, load: float,
 
 
 def set_cpu_threads() -> None:
-    """On a machine without CUDA, set torch's intra-op threads by
-    :func:`cpu_threads` and log the choice; with CUDA, leave torch's."""
+    """On a machine without an accelerator, set torch's intra-op threads
+    by :func:`cpu_threads` and log the choice; with one (CUDA, NPU, MLU,
+    MUSA: mmengine's ``get_device``), leave torch's."""
     import torch
+    from mmengine.device import get_device
     from mmengine.logging import print_log
-    if torch.cuda.is_available():
+    if get_device() != 'cpu':
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(
         os, 'sched_getaffinity') else (os.cpu_count() or 1)
