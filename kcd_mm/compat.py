@@ -28,6 +28,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .fileio import write_atomically
+
 try:
     from numpy._core.multiarray import scalar as _NUMPY_SCALAR
 except ImportError:  # numpy < 2
@@ -304,35 +306,6 @@ def _history_buffer_methods() -> None:
                                            'builtins.getattr')])
 
 
-def _write_atomically(path: str, write, mode: str = 'wb') -> None:
-    """``write(f)`` to ``path`` so that a kill leaves either the old file
-    or the whole new one: a temporary ``<path>.tmp`` in the same folder,
-    fsynced, renamed over ``path``; then the folder is fsynced."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + '.tmp'
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # a folder cannot be opened everywhere (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class _AtomicTextFile:
     """What ``open(<work_dir>/last_checkpoint, 'w')`` returns inside
     mmengine's checkpoint hook: the text reaches the file atomically when
@@ -351,7 +324,7 @@ class _AtomicTextFile:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             text = ''.join(self.parts)
-            _write_atomically(self.path, lambda f: f.write(text), mode='w')
+            write_atomically(self.path, lambda f: f.write(text), mode='w')
         return False
 
 
@@ -415,7 +388,7 @@ def _atomic_checkpoints() -> None:
                     and isinstance(
                         get_file_backend(name, backend_args=backend_args),
                         LocalBackend)):
-                _write_atomically(name, lambda f: torch.save(checkpoint, f))
+                write_atomically(name, lambda f: torch.save(checkpoint, f))
                 return
             original(checkpoint, filename, file_client_args=file_client_args,
                      backend_args=backend_args)

@@ -7,11 +7,12 @@ a distillation checkpoint). Nothing here changes its input; the output is
 checked to load with ``torch.load(weights_only=True)`` before it replaces
 ``dst``.
 """
-import os
 import os.path as osp
 from collections import OrderedDict
 
 import torch
+
+from .fileio import write_atomically
 
 # Meta entries of a Runner checkpoint that are kept: plain, informative.
 META_KEYS = ('epoch', 'iter', 'seed', 'dataset_meta', 'mmengine_version',
@@ -31,7 +32,7 @@ def extract(src: str, dst: str, prefix: str = '') -> int:
         src (str): A Runner checkpoint, or a file holding a bare state
             dict.
         dst (str): The file to write; its folder is created. Written to
-            ``dst + '.part'`` first and renamed once it loads.
+            ``dst + '.tmp'`` first and renamed once it loads.
         prefix (str): Keep only the keys under ``prefix.`` and strip it
             (e.g. ``'architecture'``: the student of a distillation
             checkpoint). Defaults to ``''``: every key.
@@ -60,10 +61,8 @@ def extract(src: str, dst: str, prefix: str = '') -> int:
         keep = {k: meta[k] for k in META_KEYS if k in meta}
         keep['source'] = osp.basename(src)
         out['meta'] = keep
-    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
-    tmp = dst + '.part'
-    torch.save(out, tmp)
-    # Check the result loads with the safe loader before publishing it.
-    torch.load(tmp, map_location='cpu', weights_only=True)
-    os.replace(tmp, dst)
+    # Checked to load with the safe loader before it is published.
+    write_atomically(dst, lambda f: torch.save(out, f),
+                     check=lambda tmp: torch.load(
+                         tmp, map_location='cpu', weights_only=True))
     return len(out['state_dict'])

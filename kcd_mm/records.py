@@ -25,6 +25,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .fileio import write_atomically
+
 RECORD_FILE = 'kcd_stages.jsonl'
 SNAPSHOT_DIR = 'kcd_stages'
 CKPT_KEY = 'kcd_state'  # KCD's entry in a Runner checkpoint
@@ -189,11 +191,8 @@ class RecordWriter:
     def rewrite(self, records: Sequence[StageRecord]) -> None:
         """Resumed: the record and snapshots hold exactly these stages,
         whatever a crashed run wrote after them."""
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w') as f:
-            for record in records:
-                f.write(json.dumps(record.as_dict()) + '\n')
-        os.replace(tmp, self.path)
+        write_atomically(self.path, lambda f: f.writelines(
+            json.dumps(r.as_dict()) + '\n' for r in records), mode='w')
         stage = len(records) + 1
         while osp.exists(snapshot_path(self.work_dir, stage)):
             os.remove(snapshot_path(self.work_dir, stage))
@@ -203,19 +202,14 @@ class RecordWriter:
                        mean_values) -> None:
         """Who was kept, blended and dropped at ``stage``, and why (for
         tools/analysis); ~10 bytes a sample."""
-        path = snapshot_path(self.work_dir, stage)
-        os.makedirs(osp.dirname(path), exist_ok=True)
-        tmp = path + '.tmp'  # a kill mid-write leaves no truncated snapshot
-        with open(tmp, 'wb') as f:
-            np.savez(
-                f,
-                kept=np.asarray(kept).astype(np.int32),
-                tail=np.asarray(tail).astype(np.int32),
-                lost=np.asarray(lost).astype(np.int32),
-                lam=np.asarray(lam),
-                scores=np.asarray(scores),
-                mean_values=np.asarray(mean_values))
-        os.replace(tmp, path)
+        arrays = dict(kept=np.asarray(kept).astype(np.int32),
+                      tail=np.asarray(tail).astype(np.int32),
+                      lost=np.asarray(lost).astype(np.int32),
+                      lam=np.asarray(lam), scores=np.asarray(scores),
+                      mean_values=np.asarray(mean_values))
+        # A kill mid-write leaves no truncated snapshot.
+        write_atomically(snapshot_path(self.work_dir, stage),
+                         lambda f: np.savez(f, **arrays))
 
     @staticmethod
     def add_value_histograms(visualizer, values, kept, step: int) -> None:
