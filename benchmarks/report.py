@@ -174,6 +174,7 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
                 f'{both(cells["random"]) if "random" in cells else "-"} | '
                 f'{ib_cell} |')
     lines += _paired_lines(summary['arms'])
+    lines += _summary_lines(summary['arms'])
     ablation = [r for r in rows if r.get('variant')]
     if ablation:
         lines += ['', 'Ablations (KD + KCD on the budget\'s schedule, one '
@@ -248,6 +249,26 @@ def _paired_lines(results: List[Dict]) -> List[str]:
         ]
         lines.append(f'| {name} | {budget} | {r["seeds"]} | {cells[0]} | '
                      f'{cells[1]} |')
+    return lines
+
+
+def _summary_lines(results: List[Dict]) -> List[str]:
+    """Per main KCD arm and seed: the share of kept samples whose image
+    carries a blend after each E-step (the persistent summary grows it)."""
+    lines = []
+    for r in results:
+        shares = [
+            f"{100 * s['summary']['carrying_blend'] / s['kept']:.1f}%"
+            for s in r.get('stages', [])
+            if isinstance(s.get('summary'), dict) and s['kept']
+        ]
+        if shares and r['budget'] is None and not r.get('variant'):
+            mode = r['stages'][-1]['summary']['mode']
+            lines.append(f'- {LABELS[r["arm"]]} (seed {r["seed"]}, '
+                         f'{mode}): {" -> ".join(shares)}')
+    if lines:
+        lines = ['', 'Kept samples whose image carries a blend, after each '
+                 'E-step:', ''] + lines
     return lines
 
 
