@@ -204,12 +204,16 @@ def batch_ids(samples, with_labels: bool):
     """``(sample_idx, labels)`` of a batch's data samples; labels (first
     label of each) only when asked for and present, else None."""
     try:
-        idx = [s.metainfo['sample_idx'] for s in samples]
-    except KeyError:
+        # In the metainfo (PackInputs), or a data field (MMRazor's
+        # PackCRDClsInputs).
+        idx = [s.metainfo['sample_idx'] if 'sample_idx' in s.metainfo
+               else int(s.sample_idx) for s in samples]
+    except (KeyError, AttributeError):
         raise KeyError(
-            'KCD needs sample_idx in every data sample: use an mmengine '
-            'BaseDataset (it adds sample_idx) and a pipeline ending in '
-            'PackInputs, which keeps it.') from None
+            'KCD needs sample_idx in every data sample, in its metainfo '
+            "(PackInputs) or as a data field (MMRazor's PackCRDClsInputs): "
+            'use an mmengine BaseDataset (it adds sample_idx) and a '
+            'pipeline that keeps it.') from None
     labels = None
     if with_labels and 'gt_label' in samples[0]:
         labels = torch.cat([s.gt_label.reshape(-1)[:1] for s in samples])
