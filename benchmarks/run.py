@@ -118,6 +118,9 @@ def main() -> None:
     parser.add_argument('--arms', nargs='+',
                         help='run only these arms (keys of arms.ARMS), in '
                         'this order')
+    parser.add_argument('--main-only', action='store_true',
+                        help='only the main arms (no budget curve, no '
+                        'ablations)')
     parser.add_argument('--no-micro', action='store_true',
                         help='skip the E-step and overhead micro-benchmarks')
     parser.add_argument('--docs-only', action='store_true',
@@ -138,6 +141,8 @@ def main() -> None:
     arms = sorted(plan_arms(mode), key=lambda a: -a.cost)
     if args.seeds is not None:
         arms = [a for a in arms if a.seed in args.seeds]
+    if args.main_only:
+        arms = [a for a in arms if a.budget is None and not a.variant]
     if args.arms:
         arms = sorted((a for a in arms if a.arm in args.arms),
                       key=lambda a: args.arms.index(a.arm))
