@@ -45,8 +45,8 @@ def test_option_errors_at_build(kwargs, message):
     ('no_sample_idx', 'sample_idx'),
     ('concat', 'ConcatDataset'),
     ('bad_value', "value='confidence'"),
-    ('no_recording_loss', 'exactly one recording ValueWeightedLoss in the '
-     'model, found 0'),
+    # Two recording wrappers: which values rank the samples is ambiguous.
+    ('two_recording_losses', 'one recording ValueWeightedLoss, found 2'),
 ])
 def test_run_errors_before_any_update(data_root, tmp_path, case, message):
     cfg = tiny_kcd_config(data_root, max_epochs=4, summary=False,
@@ -63,9 +63,11 @@ def test_run_errors_before_any_update(data_root, tmp_path, case, message):
     if case == 'bad_value':
         cfg['model']['distiller']['distill_losses']['loss_kl'][
             'value'] = 'confidence'
-    if case == 'no_recording_loss':
-        cfg['model']['distiller']['distill_losses']['loss_kl'][
-            'record'] = False
+    if case == 'two_recording_losses':
+        losses = cfg['model']['distiller']['distill_losses']
+        losses['loss_kl2'] = dict(losses['loss_kl'])
+        mappings = cfg['model']['distiller']['loss_forward_mappings']
+        mappings['loss_kl2'] = dict(mappings['loss_kl'])
     runner = None
     with pytest.raises((TypeError, ValueError, KeyError, RuntimeError),
                        match=message):

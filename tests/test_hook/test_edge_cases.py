@@ -51,7 +51,7 @@ def _runner(cfg, work_dir):
     (dict(theta='0.5'), TypeError, "theta='0.5' must be a number"),
     (dict(lam_range=(0.7, 0.8, 1.0)), TypeError, 'must be two numbers'),
     (dict(lam_range=0.7), TypeError, 'must be two numbers'),
-    (dict(summary='no'), TypeError, "summary='no' must be True"),
+    (dict(summary='no'), ValueError, "summary='no' must be 'persistent'"),
     (dict(stage_epochs=2.0), TypeError, 'stage_epochs=2.0 must be an int'),
     (dict(score_exponent=float('nan')), ValueError, 'score_exponent=nan'),
     (dict(score_exponent=float('inf')), ValueError, 'score_exponent=inf'),

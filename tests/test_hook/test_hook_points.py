@@ -87,7 +87,7 @@ def test_after_train_epoch_condenses_at_a_boundary(wired):
     # The most valuable (highest entropy) samples are kept.
     assert sorted(state.kept.tolist()) == list(range(5, N))
     assert sorted(hook._sampler.kept.tolist()) == list(range(5, N))
-    assert len(hook._sampler._partners) == 5  # tail blended with lost
+    assert len(hook._sampler._payloads) == 5  # tail blended with lost
     record = json.loads(open(hook._writer.path).read())
     assert record['kept'] == 15 and record['sample_iters'] == N
     assert osp.isfile(osp.join(runner.work_dir, 'kcd_stages',

@@ -68,7 +68,8 @@ def test_runner_eta_and_sampler_follow_the_schedule(data_root, tmp_path):
     (dict(sampler='DefaultSampler'), 'KCDSampler'),
     (dict(unwrapped=True), 'KnowledgeSummaryDataset'),
     (dict(stage_epochs=9), 'stage_epochs=9 exceeds'),
-    (dict(plain_loss=True), 'ValueWeightedLoss'),
+    # Unwrapped, KCD reads the classifier: one that gives no logits stops.
+    (dict(plain_loss=True, classifier='neck'), "classifier='head.fc'"),
 ])
 def test_misconfiguration_stops_before_training(data_root, tmp_path, broken,
                                                 message):
@@ -82,6 +83,8 @@ def test_misconfiguration_stops_before_training(data_root, tmp_path, broken,
     if 'plain_loss' in broken:
         losses = cfg['model']['distiller']['distill_losses']
         losses['loss_kl'] = losses['loss_kl']['loss']
+    if 'classifier' in broken:
+        cfg['custom_hooks'][0]['classifier'] = broken['classifier']
     cfg = Config(cfg)
     cfg.work_dir = str(tmp_path / 'work')
     runner = Runner.from_cfg(cfg)
