@@ -98,8 +98,8 @@ def _kept_plot(results: List[Dict], mode: Mode, mode_name: str,
     """The fraction of the training set trained on, epoch by epoch."""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    styles = dict(kcd=('-', 3.5), kcd_prune=('--', 2), random=(':', 2),
-                  infobatch=('-', 1.5))
+    styles = dict(kcd=('-', 3.5), kcd_stage=('-', 2), kcd_prune=('--', 2),
+                  random=(':', 2), infobatch=('-', 1.5))
     low = min(mode.budgets, default=None)  # its KCD schedules, thin
     for r in results:
         if r['seed'] != 0 or not r['stages']:
