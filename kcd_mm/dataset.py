@@ -94,8 +94,7 @@ class KnowledgeSummaryDataset:
         if len(self.dataset) == 0:
             return False
         img = self.dataset.get_data_info(0).get('img')
-        return isinstance(img, np.ndarray) and not any(
-            _is_loading(t) for t in self.dataset.pipeline.transforms)
+        return isinstance(img, np.ndarray) and not self._load.transforms
 
     def original_images(self, indices) -> list:
         """The stored images of an in-memory dataset (for the summary)."""
