@@ -198,6 +198,19 @@ def _top1(rows: List[Dict]) -> Optional[float]:
     return hits[-1] if hits else None
 
 
+def finished(arm: Arm, mode: Mode, root: str) -> Optional[Dict]:
+    """The arm's cached result (``reused=True``), or None when it has not
+    finished or ran with other options (the mode's settings changed)."""
+    result_path = osp.join(root, arm.name, 'bench_result.json')
+    if not osp.isfile(result_path):
+        return None
+    with open(result_path) as f:
+        cached = json.load(f)
+    if cached['cfg_options'] != cfg_options(arm, mode):
+        return None
+    return dict(cached, reused=True)
+
+
 def run_arm(arm: Arm, mode: Mode, root: str, force: bool) -> Dict:
     """Train, test and summarise one arm (cached in its work dir).
 
@@ -216,11 +229,9 @@ def run_arm(arm: Arm, mode: Mode, root: str, force: bool) -> Dict:
     work = osp.join(root, arm.name)
     result_path = osp.join(work, 'bench_result.json')
     opts = cfg_options(arm, mode)
-    if osp.isfile(result_path) and not force:
-        with open(result_path) as f:
-            cached = json.load(f)
-        if cached['cfg_options'] == opts:  # else the mode's settings changed
-            return dict(cached, reused=True)
+    cached = None if force else finished(arm, mode, root)
+    if cached is not None:
+        return cached
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     python = sys.executable

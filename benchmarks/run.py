@@ -3,7 +3,9 @@
     python benchmarks/run.py --mode quick   # < 10 min on 2 CPU cores
     python benchmarks/run.py --mode full    # < 2 h on 2 CPU cores
         [--jobs 2] [--work-dir work_dirs/bench_MODE] [--force] [--no-docs]
-        [--docs-only]
+        [--docs-only] [--report] [--seeds S ...] [--arms A ...]
+        [--main-only] [--no-micro]
+    python benchmarks/run.py --mode paper   # ~6-7 h: run it in parts
 
 Needs the data and the demo's teacher: the first run calls
 ``bash tools/run_demo.sh --teacher-only`` (prepares data/fashion_mnist,
@@ -67,8 +69,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Dict
 
-from arms import (Arm, ensure_teacher, eval_teacher, plan_arms, run_arm,
-                  tool_env)
+from arms import (Arm, ensure_teacher, eval_teacher, finished, plan_arms,
+                  run_arm, tool_env)
 from modes import MODES, ROOT, Mode
 from plots import plot
 from report import aggregate, markdown, write_docs
@@ -125,6 +127,10 @@ def main() -> None:
                         help='skip the E-step and overhead micro-benchmarks')
     parser.add_argument('--docs-only', action='store_true',
                         help='rewrite the docs from the last results json')
+    parser.add_argument('--report', action='store_true',
+                        help='train nothing: report every arm of the mode '
+                        'that has finished (after the filters above), '
+                        'keeping the last json\'s micro-benchmarks')
     args = parser.parse_args()
     mode = MODES[args.mode]
     out = osp.join(ROOT, 'benchmarks', 'results', f'bench_{args.mode}.json')
@@ -146,7 +152,10 @@ def main() -> None:
     if args.arms:
         arms = sorted((a for a in arms if a.arm in args.arms),
                       key=lambda a: args.arms.index(a.arm))
-    ensure_teacher(mode, arms)
+    if args.report:
+        arms = [a for a in arms if finished(a, mode, root)]
+    else:
+        ensure_teacher(mode, arms)
     print(f'{len(arms)} arms, {args.jobs} at a time, in {root}')
 
     def one(arm: Arm) -> Dict:
@@ -161,7 +170,11 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(one, arms))
     teacher_test = eval_teacher(root, mode, arms)
-    micro = {} if args.no_micro else run_micro(mode, args.mode)
+    if args.report and osp.isfile(out):
+        with open(out) as f:
+            micro = json.load(f).get('micro') or {}
+    else:
+        micro = {} if args.no_micro else run_micro(mode, args.mode)
     rows = aggregate(results)
     summary = dict(
         mode=args.mode, settings=asdict(mode), jobs=args.jobs,
