@@ -129,16 +129,18 @@ def plan_arms(mode: Mode) -> List[Arm]:
     for variant, budget, cfg in mode.ablations:
         stage_epochs = int(cfg.get('custom_hooks.0.stage_epochs',
                                    mode.stage_epochs))
-        theta, steps, _ = choose_schedule(mode.n_train, mode.epochs,
-                                          stage_epochs, budget)
+        hook = dict(stage_epochs=stage_epochs)  # budget None: the configs'
+        prefix = 'kcd'
+        if budget is not None:
+            theta, steps, _ = choose_schedule(mode.n_train, mode.epochs,
+                                              stage_epochs, budget)
+            hook.update(theta=theta, num_steps=steps)
+            prefix = f'kcd_b{round(100 * budget)}'
         slug = ''.join(c if c.isalnum() else '_' for c in variant)
         for seed in mode.ablation_seeds.get(variant, (0, )):
             arms.append(
-                Arm(f'kcd_b{round(100 * budget)}_{slug}_s{seed}', 'kcd',
-                    seed, budget,
-                    dict(stage_epochs=stage_epochs, theta=theta,
-                         num_steps=steps), variant, dict(cfg),
-                    config=config('kcd')))
+                Arm(f'{prefix}_{slug}_s{seed}', 'kcd', seed, budget,
+                    dict(hook), variant, dict(cfg), config=config('kcd')))
     return arms
 
 

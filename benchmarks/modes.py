@@ -35,7 +35,8 @@ class Mode:
         val_every: epochs between held-out validations (0: only at the
             end); the best of them picks the "best" checkpoint.
         ablations: (variant, budget, cfg-options) of extra KCD runs on
-            the budget's schedule: what else was tried.
+            the budget's schedule (budget None: the main KCD arm's, the
+            config's theta and K): what else was tried.
         ablation_seeds: variant -> seeds (others: seed 0 only).
         configs: arm kind (student, kd, kcd) -> config; None: the demo's.
         teacher: (teacher config, weights file); None: the demo's.
@@ -55,7 +56,7 @@ class Mode:
     estep_sizes: Sequence[int] = (50000, 1281167)
     overhead_args: Sequence[str] = ()
     val_every: int = 0
-    ablations: Sequence[Tuple[str, float, Dict[str, str]]] = ()
+    ablations: Sequence[Tuple[str, Optional[float], Dict[str, str]]] = ()
     ablation_seeds: Dict[str, Sequence[int]] = field(default_factory=dict)
     configs: Optional[Dict[str, str]] = None
     teacher: Optional[Tuple[str, str]] = None
@@ -126,6 +127,16 @@ MODES = dict(
                         'work_dirs/teacher_500pc/teacher.pth'),
                arms=('student', 'kd', 'kcd', 'kcd_stage', 'kcd_prune',
                      'random', 'kd_60k'),
+               # One change each from the main KCD arm (persistent
+               # summary): the blend's label, the value measure, and
+               # shorter stages at the same 87.5% of KD's samples.
+               ablations=(
+                   ('blend_label=mix', None,
+                    {'custom_hooks.0.blend_label': 'mix'}),
+                   ('value=teacher_kl', None,
+                    {'custom_hooks.0.value': 'teacher_kl'}),
+                   ('stage_epochs=10', 0.875,
+                    {'custom_hooks.0.stage_epochs': '10'})),
                cosine=False))
 
 

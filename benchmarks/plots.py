@@ -107,7 +107,7 @@ def _kept_plot(results: List[Dict], mode: Mode, mode_name: str,
         lowest = (low is not None and r['budget'] == low
                   and r['arm'] == 'kcd'
                   and r.get('variant', '') in ('', 'stage_epochs=1'))
-        if r['budget'] is not None and not lowest:
+        if (r['budget'] is not None or r.get('variant')) and not lowest:
             continue
         n = r['stages'][0]['num_samples']
         # Fraction trained on in each epoch; a record after epoch e sets

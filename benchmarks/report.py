@@ -179,17 +179,20 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
     lines += _summary_lines(summary['arms'])
     ablation = [r for r in rows if r.get('variant')]
     if ablation:
-        lines += ['', 'Ablations (KD + KCD on the budget\'s schedule, one '
-                  'change each from the reference setting of the budget '
-                  'curve\'s KCD row: value=entropy, summary on, stages of '
+        lines += ['', 'Ablations (KD + KCD on the budget\'s schedule, or '
+                  'the main KCD arm\'s where the budget is "-"; one change '
+                  'each from that row\'s setting: value=entropy, the '
+                  'config\'s summary, stages of '
                   f'{mode.stage_epochs} epochs):', '',
                   '| variant | budget | seeds | held-out last | held-out best '
                   '| test last | test (best held-out ckpt) | samples vs KD |',
                   '|---|---|---|---|---|---|---|---|']
         for r in ablation:
             n = len(r['seeds'])
+            budget = ('-' if r['budget'] is None else
+                      f'{r["budget"]:.3f}')
             lines.append(
-                f'| {r["variant"]} | {r["budget"]:.3f} | {n} | '
+                f'| {r["variant"]} | {budget} | {n} | '
                 f'{_fmt(r["holdout_top1"], r["holdout_sd"], n)} | '
                 f'{_fmt(r["holdout_best"], r["holdout_best_sd"], n)} | '
                 f'{_fmt(r["test_top1"], r["test_sd"], n)} | '

@@ -6,12 +6,15 @@ datasets, so here the summary (:mod:`kcd_mm.summary`) decides each kept
 sample's image and the sampler hands it over in the sample's key; the
 wrapper loads the image(s) with the dataset's own loading transforms,
 applies the blend to the pixels before any augmentation, and runs the rest
-of the pipeline. The sample keeps its own label and ``sample_idx``. Keys:
+of the pipeline. The sample keeps its own label and ``sample_idx`` (with
+``KCDHook(blend_label='mix')`` it also gets a ``gt_score``, the mix of its
+images' labels, which mmpretrain's heads train on). Keys:
 
 * ``index``: the sample as it is;
 * ``(index, partner, lam)``: ``summary='stage'``, blended from raw images;
 * ``(index, image)``: ``summary='persistent'`` on an in-memory dataset,
-  the sample's current (blended) uint8 image;
+  the sample's current (blended) uint8 image (``(index, image, terms)``
+  with ``blend_label='mix'``: also what it is made of);
 * ``(index, ((j, w), ...))``: ``summary='persistent'`` on a file dataset,
   the image ``sum_j w * original_j``.
 """
@@ -19,9 +22,12 @@ import copy
 from typing import Any, Union
 
 import numpy as np
+import torch
 from mmcv.image import imresize
 from mmengine.dataset import BaseDataset, Compose, ConcatDataset
 from mmrazor.registry import DATASETS
+
+from .summary import key_terms
 
 
 def _is_loading(transform: Any) -> bool:
@@ -54,6 +60,7 @@ class KnowledgeSummaryDataset:
             default=0)
         self._load = Compose(transforms[:split])
         self._augment = Compose(transforms[split:])
+        self.num_mixed_classes = None  # set by mix_labels
         self._fully_initialized = False
         if not lazy_init:
             self.full_init()
@@ -95,6 +102,32 @@ class KnowledgeSummaryDataset:
             return False
         img = self.dataset.get_data_info(0).get('img')
         return isinstance(img, np.ndarray) and not self._load.transforms
+
+    def mix_labels(self, num_classes: int) -> None:
+        """Give every sample a ``gt_score``: one-hot for a plain sample,
+        ``sum w * onehot(label_j)`` over a blended one's images (set by
+        ``KCDHook(blend_label='mix')`` before the loader starts). Every
+        sample of a batch gets one, as mmpretrain's heads read soft targets
+        only when the batch's first sample has them."""
+        label = self.dataset.get_data_info(0).get('gt_label') if len(
+            self.dataset) else None
+        if label is None or np.asarray(label).size != 1:
+            raise ValueError(
+                "KCD blend_label='mix' needs one class label per sample "
+                f"(gt_label); {type(self.dataset).__name__} gives "
+                f"{label!r}. Use blend_label='own'.")
+        self.num_mixed_classes = int(num_classes)
+
+    def _label_of(self, idx: int) -> int:
+        return int(np.asarray(
+            self.dataset.get_data_info(idx)['gt_label']).reshape(-1)[0])
+
+    def _with_score(self, out: Any, terms) -> Any:
+        score = torch.zeros(self.num_mixed_classes)
+        for j, w in terms:
+            score[self._label_of(j)] += w
+        out['data_samples'].set_gt_score(score)
+        return out
 
     def original_images(self, indices) -> list:
         """The stored images of an in-memory dataset (for the summary)."""
@@ -145,15 +178,23 @@ class KnowledgeSummaryDataset:
         return results
 
     def __getitem__(self, key: Union[int, tuple]) -> Any:
+        out = self._sample(key)
+        if self.num_mixed_classes is None:
+            return out
+        idx, extra = (key[0], key[1:]) if isinstance(key, tuple) else (key,
+                                                                       ())
+        return self._with_score(out, key_terms(int(idx), extra))
+
+    def _sample(self, key: Union[int, tuple]) -> Any:
         if not isinstance(key, tuple):
             return self.dataset[key]
-        if len(key) == 3:  # summary='stage'
-            idx, partner, lam = key
-            results = self._combined(idx, ((idx, lam), (partner, 1.0 - lam)))
-        elif isinstance(key[1], np.ndarray):  # persistent, in memory
+        if isinstance(key[1], np.ndarray):  # persistent, in memory
             idx = key[0]
             results = self._loaded(idx)
             results['img'] = key[1].copy()
+        elif len(key) == 3:  # summary='stage'
+            idx, partner, lam = key
+            results = self._combined(idx, ((idx, lam), (partner, 1.0 - lam)))
         else:  # persistent, file dataset
             idx = key[0]
             results = self._combined(idx, key[1])

@@ -79,6 +79,11 @@ class KCDHook(Hook):
         summary_terms (int): with ``'persistent'`` on a file dataset, the
             most original images one sample's image combines (each is one
             more image load). Defaults to 4.
+        blend_label (str): a blended sample's label: ``'own'``, the
+            reference (the tail keeps its hard label), or ``'mix'`` (a
+            ``gt_score`` mixing the labels of the images it is made of;
+            every sample then trains on a ``gt_score``). Defaults to
+            ``'own'``.
         class_min_keep (float): keep at least this fraction of every class
             at each E-step (0: off, the reference). Defaults to 0.
         strategy (str): ``'kcd'`` (the method), ``'random'`` or
@@ -113,6 +118,7 @@ class KCDHook(Hook):
                  lam_range: Sequence[float] = (0.7, 1.0),
                  summary='stage',
                  summary_terms: int = 4,
+                 blend_label: str = 'own',
                  class_min_keep: float = 0.0,
                  strategy: str = 'kcd',
                  infobatch_full_epochs_ratio: float = 0.125,
@@ -129,6 +135,7 @@ class KCDHook(Hook):
             lam_range=lam_range,
             summary=summary,
             summary_terms=summary_terms,
+            blend_label=blend_label,
             class_min_keep=class_min_keep,
             strategy=strategy,
             infobatch_full_epochs_ratio=infobatch_full_epochs_ratio)
@@ -180,6 +187,8 @@ class KCDHook(Hook):
             value_measure=self._loss.value,
             in_memory=getattr(dataset, 'in_memory', False))
         self._images = getattr(dataset, 'original_images', None)
+        if self.options.blend_label == 'mix':
+            dataset.mix_labels(self._classifier.out_features)
         if self.state.selector.weights_losses:
             self._loss.check_splittable(
                 f'KCDHook(strategy={self.options.strategy!r})')

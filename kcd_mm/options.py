@@ -33,6 +33,9 @@ class KCDOptions:
             :mod:`kcd_mm.summary`.
         summary_terms: with ``'persistent'`` on a file dataset, the most
             original images one sample's image may combine.
+        blend_label: a blended sample's label: ``'own'`` (the reference:
+            the tail sample keeps its hard label) or ``'mix'`` (the labels
+            of the images it is made of, in their weights, as mixup does).
         class_min_keep: keep at least this fraction of every class (0: off,
             the reference); needs the samples' labels.
         strategy: the registered selector that chooses the kept set:
@@ -50,6 +53,7 @@ class KCDOptions:
     lam_range: Tuple[float, float] = (0.7, 1.0)
     summary: Union[str, bool] = 'stage'
     summary_terms: int = 4
+    blend_label: str = 'own'
     class_min_keep: float = 0.0
     strategy: str = 'kcd'
     infobatch_full_epochs_ratio: float = 0.125
@@ -88,6 +92,17 @@ class KCDOptions:
         _integer('summary_terms', self.summary_terms,
                  'original images one blended file-dataset sample may '
                  'combine; 4 by default')
+        if self.blend_label not in ('own', 'mix'):
+            raise ValueError(
+                f'KCD blend_label={self.blend_label!r} must be \'own\' (the '
+                'reference: a blended sample keeps its hard label) or '
+                "'mix' (its images' labels, in their weights).")
+        if self.blend_label == 'mix' and not self.blends:
+            raise ValueError(
+                "KCD blend_label='mix' labels blended samples, and "
+                f'summary={self.summary!r} with strategy={self.strategy!r} '
+                "blends none: use strategy='kcd' with summary='persistent' "
+                "or 'stage', or drop blend_label.")
         _number('class_min_keep', self.class_min_keep, 0.0, self.theta,
                 f'no more of a class can be kept than of the whole set '
                 f'(theta={self.theta}); 0 turns balancing off')

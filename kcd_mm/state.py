@@ -70,7 +70,8 @@ class KCDState:
                                        seed, labels)
         self.summary = build_summary(
             options.summary if options.blends else False, in_memory,
-            options.lam_range, options.summary_terms)
+            options.lam_range, options.summary_terms,
+            mixed_labels=options.blend_label == 'mix')
         self.bank = KnowledgeBank(num_samples)
         self.kept: Optional[torch.Tensor] = None  # None: all N
         self.pairs: Optional[Condensation] = None

@@ -142,15 +142,23 @@ class ImageSummary(Summary):
     the step, lam by :func:`reference_lams`. A kept sample with a copy is
     yielded as ``(index, image)``. Part of KCD's checkpointed state.
 
+    With ``track_terms`` it also composes, unbounded, which original
+    images each copy is made of and in what weights (as
+    :class:`TermSummary` does, without dropping any), for
+    ``blend_label='mix'``; a kept sample is then ``(index, image, terms)``.
+
     Args:
         lam_range (tuple): (lam_min, lam_max) of the blend.
+        track_terms (bool): also keep each copy's composition.
     """
 
     mode = 'persistent'
 
-    def __init__(self, lam_range: Tuple[float, float]) -> None:
+    def __init__(self, lam_range: Tuple[float, float],
+                 track_terms: bool = False) -> None:
         self.lam_range = tuple(lam_range)
         self.images: Dict[int, np.ndarray] = {}
+        self.terms: Optional[Dict[int, Terms]] = {} if track_terms else None
 
     def update(self, pairs: Condensation,
                images: Optional[Callable] = None) -> Dict:
@@ -163,6 +171,7 @@ class ImageSummary(Summary):
             current = dict(self.images)
             if missing:
                 current.update(zip(missing, images(missing)))
+            before = None if self.terms is None else dict(self.terms)
             for k, (t, s) in enumerate(zip(tail, lost)):
                 x, y = current[t], current[s]
                 if y.shape != x.shape:
@@ -171,30 +180,50 @@ class ImageSummary(Summary):
                         f'{y.shape}, sample {t} {x.shape}; the in-memory '
                         "summary needs equal shapes. Use summary='stage'.")
                 self.images[t] = blend_uint8(x, y, lams[k])
+                if before is not None:
+                    own = before.get(t, ((t, 1.0), ))
+                    other = before.get(s, ((s, 1.0), ))
+                    self.terms[t] = compose_terms(
+                        own, other, float(lams[k]), len(own) + len(other))[0]
         return dict(carrying_blend=len(_kept_members(self.images,
                                                      pairs.kept)),
                     ever_blended=len(self.images))
 
     def payloads(self, kept: Optional[torch.Tensor]) -> Dict[int, tuple]:
-        return {i: (img, ) for i, img in
-                _kept_members(self.images, kept).items()}
+        members = _kept_members(self.images, kept)
+        if self.terms is None:
+            return {i: (img, ) for i, img in members.items()}
+        return {i: (img, self.terms[i]) for i, img in members.items()}
 
     def state_dict(self) -> Dict:
         idx = sorted(self.images)
         imgs = [torch.from_numpy(np.ascontiguousarray(self.images[i]))
                 for i in idx]
         same = len({tuple(t.shape) for t in imgs}) <= 1
-        return dict(
+        state = dict(
             mode=self.mode, kind='images',
             indices=torch.tensor(idx, dtype=torch.int64),
             images=torch.stack(imgs) if imgs and same else imgs)
+        if self.terms is not None:
+            state.update(_pack_terms(self.terms, idx))
+        return state
 
     def load_state_dict(self, state: Dict) -> None:
         _check_kind(state, 'images')
+        indices = state['indices'].tolist()
         self.images = {
             int(i): img.numpy().copy()
-            for i, img in zip(state['indices'].tolist(), state['images'])
+            for i, img in zip(indices, state['images'])
         }
+        if self.terms is None:
+            return
+        if 'term_index' not in state:
+            raise ValueError(
+                "KCD blend_label='mix': the checkpoint's persistent summary "
+                'does not say which images its blends are made of (it was '
+                "written with blend_label='own'), so their labels cannot be "
+                "mixed: resume with blend_label='own', or start again.")
+        self.terms = _unpack_terms(state, indices)
 
 
 class TermSummary(Summary):
@@ -247,24 +276,37 @@ class TermSummary(Summary):
 
     def state_dict(self) -> Dict:
         idx = sorted(self.terms)
-        width = self.max_terms
-        index = torch.full((len(idx), width), -1, dtype=torch.int64)
-        weight = torch.zeros((len(idx), width), dtype=torch.float64)
-        for row, i in enumerate(idx):
-            for col, (j, w) in enumerate(self.terms[i]):
-                index[row, col], weight[row, col] = j, w
         return dict(mode=self.mode, kind='terms',
                     indices=torch.tensor(idx, dtype=torch.int64),
-                    term_index=index, term_weight=weight)
+                    **_pack_terms(self.terms, idx))
 
     def load_state_dict(self, state: Dict) -> None:
         _check_kind(state, 'terms')
-        self.terms = {}
-        for i, js, ws in zip(state['indices'].tolist(),
-                             state['term_index'].tolist(),
-                             state['term_weight'].tolist()):
-            terms = tuple((j, w) for j, w in zip(js, ws) if j >= 0)
-            self.terms[i] = terms[:self.max_terms]
+        self.terms = {
+            i: terms[:self.max_terms]
+            for i, terms in _unpack_terms(state,
+                                          state['indices'].tolist()).items()
+        }
+
+
+def _pack_terms(terms: Dict[int, Terms], indices) -> Dict:
+    """``term_index``/``term_weight``: one row per sample of ``indices``,
+    padded with index -1 (a checkpoint holds tensors, not tuples)."""
+    width = max((len(terms[i]) for i in indices), default=1)
+    index = torch.full((len(indices), width), -1, dtype=torch.int64)
+    weight = torch.zeros((len(indices), width), dtype=torch.float64)
+    for row, i in enumerate(indices):
+        for col, (j, w) in enumerate(terms[i]):
+            index[row, col], weight[row, col] = j, w
+    return dict(term_index=index, term_weight=weight)
+
+
+def _unpack_terms(state: Dict, indices) -> Dict[int, Terms]:
+    return {
+        int(i): tuple((j, w) for j, w in zip(js, ws) if j >= 0)
+        for i, js, ws in zip(indices, state['term_index'].tolist(),
+                             state['term_weight'].tolist())
+    }
 
 
 def _check_kind(state: Dict, kind: str) -> None:
@@ -277,12 +319,34 @@ def _check_kind(state: Dict, kind: str) -> None:
 
 
 def build_summary(mode, in_memory: bool, lam_range: Tuple[float, float],
-                  max_terms: int) -> Optional[Summary]:
-    """The summary ``KCDHook(summary=mode)`` asks for (None: prune only)."""
+                  max_terms: int,
+                  mixed_labels: bool = False) -> Optional[Summary]:
+    """The summary ``KCDHook(summary=mode)`` asks for (None: prune only);
+    ``mixed_labels``: ``blend_label='mix'``, whose labels need an in-memory
+    image's composition."""
     if mode == 'stage':
         return StageSummary()
     if mode == 'persistent':
         if in_memory:
-            return ImageSummary(lam_range)
+            return ImageSummary(lam_range, track_terms=mixed_labels)
         return TermSummary(lam_range, max_terms)
     return None
+
+
+def key_terms(index: int, extra: tuple) -> Terms:
+    """The original images, with weights, that a sampler key's image is
+    made of (``extra``: the key after its index): what a blended sample's
+    mixed label (``blend_label='mix'``) is composed of."""
+    if not extra:
+        return ((index, 1.0), )
+    if len(extra) == 2 and not isinstance(extra[0], np.ndarray):
+        partner, lam = extra  # summary='stage'
+        return ((index, float(lam)), (int(partner), 1.0 - float(lam)))
+    if isinstance(extra[0], np.ndarray):  # persistent, in memory
+        if len(extra) < 2:
+            raise ValueError(
+                f'KCD: sample {index} arrives as an image without its '
+                "composition, so blend_label='mix' cannot label it; the "
+                "summary must be built with blend_label='mix' as well.")
+        return tuple(extra[1])
+    return tuple(extra[0])  # persistent, file dataset
