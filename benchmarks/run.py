@@ -4,7 +4,7 @@
     python benchmarks/run.py --mode full    # < 2 h on 2 CPU cores
         [--jobs 2] [--work-dir work_dirs/bench_MODE] [--force] [--no-docs]
         [--docs-only] [--report] [--seeds S ...] [--arms A ...]
-        [--main-only] [--no-micro]
+        [--names NAME ...] [--main-only] [--no-micro]
     python benchmarks/run.py --mode paper   # ~6-7 h: run it in parts
 
 Needs the data and the demo's teacher: the first run calls
@@ -120,6 +120,9 @@ def main() -> None:
     parser.add_argument('--arms', nargs='+',
                         help='run only these arms (keys of arms.ARMS), in '
                         'this order')
+    parser.add_argument('--names', nargs='+',
+                        help='run only the arms of these work-dir names '
+                        '(e.g. kcd_b50_s0), in this order')
     parser.add_argument('--main-only', action='store_true',
                         help='only the main arms (no budget curve, no '
                         'ablations)')
@@ -152,6 +155,9 @@ def main() -> None:
     if args.arms:
         arms = sorted((a for a in arms if a.arm in args.arms),
                       key=lambda a: args.arms.index(a.arm))
+    if args.names:
+        arms = sorted((a for a in arms if a.name in args.names),
+                      key=lambda a: args.names.index(a.name))
     if args.report:
         arms = [a for a in arms if finished(a, mode, root)]
     else:
