@@ -20,7 +20,7 @@ from .options import KCDOptions
 from .records import (CKPT_KEY, RECORD_FILE, RecordWriter, StageRecord,
                       check_record_file)
 from .seeding import EpochSeedingHook
-from .state import KCDState, upgrade_state
+from .state import KCDState
 from .tap import LogitsTap
 from .values import get_value_measure
 from .wiring import (batch_ids, check_first_batch, check_loss_inputs,
@@ -329,9 +329,9 @@ class KCDHook(Hook):
                 'KCDHook?): KCD starts afresh from the full training set.')
 
     def _resume(self, runner) -> None:
-        saved, self._loaded = upgrade_state(self._loaded), None
         state = self.state
-        state.load_state_dict(saved, log=runner.logger.log)
+        saved = state.load_state_dict(self._loaded, log=runner.logger.log)
+        self._loaded = None
         changed = self.options.changes_from(saved.get('options', {}))
         old_value = saved.get('value_measure')
         if old_value is not None and old_value != state.value_measure:

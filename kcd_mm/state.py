@@ -203,8 +203,9 @@ class KCDState:
 
     def load_state_dict(self, state: Dict,
                         log: Optional[Callable[[int, str], None]] = None
-                        ) -> None:
-        """Restore a saved state; the dataset must match.
+                        ) -> Dict:
+        """Restore a saved state; the dataset must match. Returns the saved
+        state in the current layout (:func:`upgrade_state`).
 
         Options are not restored: the caller's (possibly changed) options
         apply from the next E-step on, and the caller logs the difference.
@@ -258,6 +259,7 @@ class KCDState:
                 f"{selector['type']!r}; its own state (e.g. loss weights) "
                 f'is dropped, strategy={self.options.strategy!r} starts '
                 'its own from here.')
+        return state
 
     def _load_summary(self, state: Dict, log) -> None:
         """The checkpoint's summary, where this run's mode is its."""
