@@ -36,107 +36,52 @@ INSTALL_REQUIRES = [
 
 
 # MMRazor's own entry points (its tools/train.py, `mim train mmrazor`) import
-# mmrazor before anything of kcd_mm, and mmrazor 1.0.0 cannot be imported on
-# torch 2 without kcd_mm.compat (docs/troubleshooting.md). The .pth file
-# MMRAZOR_HOOK_PTH, installed beside the package, puts a meta path finder
-# first on sys.meta_path at interpreter start-up: MMRAZOR_HOOK, a few lines
-# that import nothing (sys is loaded already) and only compare each imported
-# name with 'mmrazor'. The first time mmrazor is imported it compiles
-# MMRAZOR_HOOK_LOADER, which wraps mmrazor's loader: that takes the finder
-# off sys.meta_path and imports kcd_mm (kcd_mm.compat first, then mmrazor and
-# KCD's modules), and mmrazor's import then returns the module kcd_mm
-# loaded. Where importing kcd_mm fails it prints one line and mmrazor loads
-# as it is. KCD_MM_MMRAZOR_HOOK=0 leaves mmrazor alone.
+# mmrazor before anything of kcd_mm; kcd_mm/mmrazor_hook.py (its docstring
+# says how) makes that import kcd_mm first. MMRAZOR_HOOK_PTH, installed
+# beside the package, runs MMRAZOR_HOOK at every interpreter start-up: a
+# finder that imports nothing and answers for 'mmrazor' only, by running
+# kcd_mm/mmrazor_hook.py (found without importing kcd_mm) the first time.
 MMRAZOR_HOOK_PTH = 'kcd_mm_mmrazor_hook.pth'
-MMRAZOR_HOOK_LOADER = """\
-import sys
-
-
-def find_spec(fullname, path, target):
-    for finder in sys.meta_path:
-        find = getattr(finder, 'find_spec', None)
-        if finder is hook or find is None:
-            continue
-        spec = find(fullname, path, target)
-        if spec is not None:
-            if spec.loader is not None:
-                spec.loader = Loader(spec.loader)
-            return spec
-    return None
-
-
-class Loader:
-
-    def __init__(self, loader):
-        self.loader = loader
-        self.spec = None
-
-    def create_module(self, spec):
-        if hook in sys.meta_path:
-            sys.meta_path.remove(hook)
-        if 'kcd_mm' not in sys.modules:
-            try:
-                import kcd_mm  # noqa: F401  kcd_mm.compat, then mmrazor
-            except ModuleNotFoundError as exc:
-                if exc.name != 'kcd_mm':  # kcd_mm is gone: say nothing
-                    warn(exc)
-            except Exception as exc:
-                warn(exc)
-        module = sys.modules.get(spec.name)
-        if module is None:  # mmrazor was not imported: load it as it is
-            spec.loader = self.loader
-            return self.loader.create_module(spec)
-        self.spec = module.__spec__
-        return module
-
-    def exec_module(self, module):
-        module.__spec__ = self.spec  # mmrazor's own, from kcd_mm's import
-
-    def __getattr__(self, name):  # the rest of the loader protocol
-        return getattr(self.loader, name)
-
-
-def warn(exc):
-    text = ' '.join(str(exc).split())
-    if 'kcd_mm.compat' in sys.modules:
-        done = "kcd_mm's stack shims are applied, KCD's modules are not"
-    else:
-        done = ('mmrazor loads without its stack shims: on torch 2 train '
-                "with kcd_mm's tools/train.py")
-    sys.stderr.write(
-        f'kcd_mm: import kcd_mm failed ({type(exc).__name__}: {text}); '
-        f'{done} (KCD_MM_MMRAZOR_HOOK=0 turns this hook off)\\n')
-"""
 MMRAZOR_HOOK = """\
 import sys
 
 
 class KcdMmrazorHook:
-    # kcd_mm's mmrazor import hook; kcd_mm's setup.py says why.
-    impl = None  # LOADER's namespace, once compiled
+    impl = None  # kcd_mm/mmrazor_hook.py's namespace, once run
 
     @classmethod
     def find_spec(cls, fullname, path=None, target=None):
         if fullname != 'mmrazor':
             return None
         if cls.impl is None:
-            cls.impl = {'__name__': __name__, 'hook': cls}
-            exec(LOADER, cls.impl)
+            from importlib.util import find_spec
+            kcd_mm = find_spec('kcd_mm')  # finds it, imports nothing
+            if kcd_mm is None or not kcd_mm.submodule_search_locations:
+                return None  # kcd_mm is gone: mmrazor loads as it is
+            folder = list(kcd_mm.submodule_search_locations)[0]
+            try:
+                with open(folder + '/mmrazor_hook.py', encoding='utf-8') as f:
+                    source = f.read()
+            except OSError:  # a kcd_mm without the hook: leave mmrazor be
+                return None
+            cls.impl = {'__name__': __name__}
+            exec(source, cls.impl)
+            cls.impl['hook'] = cls
         return cls.impl['find_spec'](fullname, path, target)
 
 
-LOADER = %r
 # Once, though site.py may read this file twice (a venv's lib64 -> lib).
 if not any(getattr(f, '__qualname__', None) == 'KcdMmrazorHook'
            and getattr(f, '__module__', None) == __name__
            for f in sys.meta_path):
     sys.meta_path.insert(0, KcdMmrazorHook)
-""" % MMRAZOR_HOOK_LOADER
+"""
 
 
 def mmrazor_hook_pth() -> str:
     """The one line of MMRAZOR_HOOK_PTH: site.py runs lines that start with
-    ``import``; the hook's source runs in a namespace of its own."""
+    ``import``; the hook's source runs in a namespace of its own, unless
+    KCD_MM_MMRAZOR_HOOK=0."""
     return ('import os, sys; exec(%r, {"__name__": "kcd_mm_mmrazor_hook"}) '
             "if os.environ.get('KCD_MM_MMRAZOR_HOOK', '1') != '0' else None\n"
             % MMRAZOR_HOOK)

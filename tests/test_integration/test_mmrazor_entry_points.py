@@ -68,7 +68,10 @@ START = ('import json, sys; print(json.dumps(dict(hooks=[f.__qualname__ for '
 
 
 def test_hook_costs_a_process_without_mmrazor_nothing():
-    _installed_pth()
+    with open(_installed_pth()) as f:
+        line = f.read()
+    assert "find_spec('kcd_mm')" in line, (
+        f'{PTH} is from an older kcd_mm: run pip install -e .[tests] again')
     out = _python(START)
     assert out.returncode == 0, out.stdout
     seen = json.loads(out.stdout.splitlines()[-1])
@@ -101,6 +104,10 @@ def test_a_broken_kcd_mm_is_one_line_naming_tools_train(tmp_path):
     broken.mkdir()
     (broken / '__init__.py').write_text(
         "raise ImportError('kcd_mm broken on purpose')\n")
+    # with its hook, which the .pth's finder runs without importing kcd_mm
+    hook = osp.join(osp.dirname(osp.dirname(osp.dirname(__file__))),
+                    'kcd_mm', 'mmrazor_hook.py')
+    (broken / 'mmrazor_hook.py').write_text(open(hook).read())
     # (Run from tmp_path: `python -c` puts the working directory first.)
     out = _python('import mmrazor.models', cwd=str(tmp_path),
                   PYTHONPATH=str(tmp_path))
