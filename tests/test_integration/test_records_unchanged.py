@@ -6,7 +6,11 @@ version 2), and ``kcd_state_v2_<arm>_epoch2.pth`` the KCD state of their
 epoch-2 checkpoints. A run today must write the same records, and a
 resume from that old state must end where the uninterrupted run ends.
 Counts are compared exactly; float statistics to 1e-4 (another CPU may
-round differently, see tests/fixtures/README.md).
+round differently, see tests/fixtures/README.md), 1e-3 where the stage
+summary blends: a two-image blend is one ``cv2.addWeighted`` pass since
+issue 12, which rounds a few ties in a million pixels the other way than
+the old float32 numpy blend (kept sets and counts stay exact; the value
+statistics moved by at most 1.2e-4 relative).
 """
 import json
 import os.path as osp
@@ -62,13 +66,13 @@ def _train(data_root, work_dir, resume_from=None, **kwargs):
             for r in records]
 
 
-def _assert_same(got, want):
+def _assert_same(got, want, rel=1e-4):
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert sorted(g) == sorted(w)
         for key, value in w.items():
             if isinstance(value, float):
-                assert g[key] == pytest.approx(value, rel=1e-4), key
+                assert g[key] == pytest.approx(value, rel=rel), key
             else:
                 assert g[key] == value, key
 
@@ -79,7 +83,8 @@ def test_records_and_old_checkpoints_are_unchanged(arm, data_root,
     with open(osp.join(FIXTURES, 'stage_records_v2.json')) as f:
         want = json.load(f)[arm]
     work = str(tmp_path / 'run')
-    _assert_same(_train(data_root, work, **ARMS[arm]), want)
+    rel = 1e-3 if arm == 'kcd' else 1e-4  # blends: see the docstring
+    _assert_same(_train(data_root, work, **ARMS[arm]), want, rel)
 
     # The same epoch-2 checkpoint, carrying the old code's KCD state.
     ckpt = torch.load(osp.join(work, 'epoch_2.pth'), weights_only=True)
@@ -91,7 +96,7 @@ def test_records_and_old_checkpoints_are_unchanged(arm, data_root,
     path = str(tmp_path / 'old_epoch_2.pth')
     torch.save(ckpt, path)
     _assert_same(_train(data_root, resumed, resume_from=path, **ARMS[arm]),
-                 want)
+                 want, rel)
     final = torch.load(osp.join(work, 'epoch_4.pth'), weights_only=True)
     again = torch.load(osp.join(resumed, 'epoch_4.pth'), weights_only=True)
     assert torch.equal(final[CKPT_KEY]['kept'], again[CKPT_KEY]['kept'])
