@@ -51,7 +51,7 @@ class KCDOptions:
     score_exponent: float = 0.03
     score_ref_epochs: Optional[float] = None
     lam_range: Tuple[float, float] = (0.7, 1.0)
-    summary: Union[str, bool] = 'stage'
+    summary: Union[str, bool] = 'persistent'
     summary_terms: int = 4
     blend_label: str = 'own'
     class_min_keep: float = 0.0

@@ -43,5 +43,6 @@ custom_hooks = [
         num_steps=6,
         score_exponent=0.03,
         lam_range=(0.7, 1.0),
-        summary='stage')
+        # The reference's summary: blends stay and accumulate (in memory).
+        summary='persistent')
 ]

@@ -130,7 +130,7 @@ def _strip_kcd(kcd: Dict, kd: Dict) -> Dict:
     # The training set wrapped for the summary (needed unless prune-only).
     dataset = loader['dataset']
     wrapped = _short(dataset['type']) == 'KnowledgeSummaryDataset'
-    if hook.get('summary', 'stage'):
+    if hook.get('summary', 'persistent'):
         assert wrapped, ('KCDHook(summary=...) needs train_dataloader.'
                          'dataset wrapped in KnowledgeSummaryDataset')
     if wrapped:
