@@ -28,6 +28,7 @@ from mmcv.image import imresize
 from mmengine.dataset import BaseDataset, Compose, ConcatDataset
 from mmrazor.registry import DATASETS
 
+from .labels import dataset_labels
 from .summary import key_terms
 
 
@@ -62,6 +63,7 @@ class KnowledgeSummaryDataset:
         self._load = Compose(transforms[:split])
         self._augment = Compose(transforms[split:])
         self.num_mixed_classes = None  # set by mix_labels
+        self._labels = None  # every sample's class, with mix_labels
         self._fully_initialized = False
         if not lazy_init:
             self.full_init()
@@ -117,11 +119,11 @@ class KnowledgeSummaryDataset:
                 "KCD blend_label='mix' needs one class label per sample "
                 f"(gt_label); {type(self.dataset).__name__} gives "
                 f"{label!r}. Use blend_label='own'.")
+        self._labels = dataset_labels(self.dataset)  # once, not per load
         self.num_mixed_classes = int(num_classes)
 
     def _label_of(self, idx: int) -> int:
-        return int(np.asarray(
-            self.dataset.get_data_info(idx)['gt_label']).reshape(-1)[0])
+        return int(self._labels[idx])
 
     def _with_score(self, out: Any, terms) -> Any:
         score = torch.zeros(self.num_mixed_classes)
@@ -199,15 +201,11 @@ class KnowledgeSummaryDataset:
     def _sample(self, key: Union[int, tuple]) -> Any:
         if not isinstance(key, tuple):
             return self.dataset[key]
+        idx = key[0]
         if isinstance(key[1], np.ndarray):  # persistent, in memory
-            idx = key[0]
             results = self._loaded(idx)
             results['img'] = key[1].copy()
-        elif len(key) == 3:  # summary='stage'
-            idx, partner, lam = key
-            results = self._combined(idx, ((idx, lam), (partner, 1.0 - lam)))
-        else:  # persistent, file dataset
-            idx = key[0]
-            results = self._combined(idx, key[1])
+        else:  # a stage pair, or a file dataset's persistent terms
+            results = self._combined(idx, key_terms(idx, key[1:]))
         out = self._augment(results)
         return self.dataset[idx] if out is None else out
