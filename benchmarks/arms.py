@@ -34,22 +34,25 @@ ARMS = dict(
     kd=('kd', {}),
     kd_60k=('kd', {}),
     kcd=('kcd', {}),
+    kcd_60k=('kcd', {}),
     kcd_stage=('kcd', dict(summary='stage')),
     kcd_prune=('kcd', dict(summary=False)),
     random=('kcd', dict(strategy='random')),
     infobatch=('kcd', dict(strategy='infobatch')))
 # The main arms of a mode that does not list its own.
 DEMO_ARMS = ('student', 'kd', 'kcd', 'kcd_prune', 'random', 'infobatch')
-# Arms' own --cfg-options: KD from the demo's w16 teacher (all 60,000
-# images) in a mode whose own teacher is another.
-ARM_CFG = dict(kd_60k={
+# Arms' own --cfg-options: KD (and KCD) from the demo's w16 teacher (all
+# 60,000 images) in a mode whose own teacher is another.
+_TEACHER_60K = {
     'model.teacher.backbone.stem_channels': 16,
     'model.teacher.backbone.base_channels': 16,
     'model.teacher.head.in_channels': 128,
-    'model.teacher_ckpt': TEACHER})
+    'model.teacher_ckpt': TEACHER}
+ARM_CFG = dict(kd_60k=_TEACHER_60K, kcd_60k=_TEACHER_60K)
 LABELS = dict(
     student='1 student alone', kd='2 KD', kd_60k='2b KD, 60k-image teacher',
-    kcd='3 KD+KCD', kcd_stage='3b KD+KCD, stage summary',
+    kcd='3 KD+KCD', kcd_60k='3c KD+KCD, 60k-image teacher',
+    kcd_stage='3b KD+KCD, stage summary',
     kcd_prune='4 KCD prune-only', random='5 random, KCD budget',
     infobatch='6 InfoBatch, KCD budget')
 REFERENCE = dict(theta=0.7, num_steps=6)  # the configs' (reference) values
