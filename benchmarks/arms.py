@@ -49,6 +49,8 @@ _TEACHER_60K = {
     'model.teacher.head.in_channels': 128,
     'model.teacher_ckpt': TEACHER}
 ARM_CFG = dict(kd_60k=_TEACHER_60K, kcd_60k=_TEACHER_60K)
+# The arm each is compared with seed by seed (others: KD): same teacher.
+PAIR_BASE = dict(kcd_60k='kd_60k')
 LABELS = dict(
     student='1 student alone', kd='2 KD', kd_60k='2b KD, 60k-image teacher',
     kcd='3 KD+KCD', kcd_60k='3c KD+KCD, 60k-image teacher',

@@ -10,7 +10,7 @@ import os.path as osp
 import statistics
 from typing import Dict, List, Sequence, Tuple
 
-from arms import ARMS, LABELS, REFERENCE
+from arms import ARMS, LABELS, PAIR_BASE, REFERENCE
 from modes import ROOT, Mode
 
 
@@ -211,20 +211,25 @@ def paired(results: List[Dict], base: str = 'kd') -> List[Dict]:
     Seed-to-seed moves exceed most method effects, so arms are compared
     by seed: per group (arm, budget, variant), the differences of held-out
     best and of test top-1 (best held-out checkpoint) on every seed both
-    ran, with their mean and standard deviation.
+    ran, with their mean and standard deviation. An arm with its own
+    teacher (:data:`PAIR_BASE`) is compared with KD from that teacher.
     """
-    ref = {r['seed']: r for r in results
-           if r['arm'] == base and r['budget'] is None
-           and not r.get('variant')}
+    refs: Dict[str, Dict[int, Dict]] = {}
+    for r in results:
+        if r['budget'] is None and not r.get('variant'):
+            refs.setdefault(r['arm'], {})[r['seed']] = r
     groups: Dict[Tuple, List[Dict]] = {}
     for r in results:
         key = (r['arm'], r['budget'], r.get('variant', ''))
+        ref = refs.get(PAIR_BASE.get(r['arm'], base), {})
         if key != (base, None, '') and r['seed'] in ref:
             groups.setdefault(key, []).append(r)
     out = []
     for (arm, budget, variant), rs in groups.items():
+        ref = refs[PAIR_BASE.get(arm, base)]
         rs = sorted(rs, key=lambda r: r['seed'])
         row = dict(arm=arm, budget=budget, variant=variant,
+                   base=PAIR_BASE.get(arm, base),
                    seeds=[r['seed'] for r in rs])
         for name, key in (('holdout', 'holdout_best'),
                           ('test', 'test_top1_best')):
@@ -240,7 +245,9 @@ def _paired_lines(results: List[Dict]) -> List[str]:
     if not rows:
         return []
     lines = ['', 'Paired by seed: each arm minus KD on the same seed (top-1 '
-             'points, best held-out checkpoint), per seed and mean ± std:',
+             'points, best held-out checkpoint), per seed and mean ± std; '
+             'KCD with the 60k-image teacher minus KD with that '
+             'teacher:',
              '', '| arm | budget | seeds | held-out − KD | test − KD |',
              '|---|---|---|---|---|']
     for r in rows:
