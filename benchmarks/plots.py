@@ -16,7 +16,7 @@ from modes import ROOT, Mode
 PLOTTED_AS = {'summary=False': 'kcd_prune'}
 COLORS = dict(student='#777777', kd='#000000', kd_60k='#555555',
               kcd='#2b7bba', kcd_stage='#8e6bbf', kcd_prune='#76b7e5',
-              random='#c8553d', infobatch='#3a9d5d')
+              random='#c8553d', infobatch='#3a9d5d', kcd_60k='#1a4f7a')
 
 
 def plot(results: List[Dict], rows: List[Dict], mode: Mode,
@@ -99,7 +99,7 @@ def _kept_plot(results: List[Dict], mode: Mode, mode_name: str,
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     styles = dict(kcd=('-', 3.5), kcd_stage=('-', 2), kcd_prune=('--', 2),
-                  random=(':', 2), infobatch=('-', 1.5))
+                  random=(':', 2), infobatch=('-', 1.5), kcd_60k=('-.', 2))
     low = min(mode.budgets, default=None)  # its KCD schedules, thin
     for r in results:
         if r['seed'] != 0 or not r['stages']:
