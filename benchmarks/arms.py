@@ -142,7 +142,9 @@ def plan_arms(mode: Mode) -> List[Arm]:
             hook.update(theta=theta, num_steps=steps)
             prefix = f'kcd_b{round(100 * budget)}'
         slug = ''.join(c if c.isalnum() else '_' for c in variant)
-        for seed in mode.ablation_seeds.get(variant, (0, )):
+        seeds = mode.ablation_seeds.get(
+            f'{prefix}_{slug}', mode.ablation_seeds.get(variant, (0, )))
+        for seed in seeds:
             arms.append(
                 Arm(f'{prefix}_{slug}_s{seed}', 'kcd', seed, budget,
                     dict(hook), variant, dict(cfg), config=config('kcd')))

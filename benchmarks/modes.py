@@ -37,7 +37,8 @@ class Mode:
         ablations: (variant, budget, cfg-options) of extra KCD runs on
             the budget's schedule (budget None: the main KCD arm's, the
             config's theta and K): what else was tried.
-        ablation_seeds: variant -> seeds (others: seed 0 only).
+        ablation_seeds: variant, or one ablation's work-dir stem (e.g.
+            ``kcd_b50_stage_epochs_10``) -> seeds (others: seed 0 only).
         configs: arm kind (student, kd, kcd) -> config; None: the demo's.
         teacher: (teacher config, weights file); None: the demo's.
         arms: the main arms run (keys of ``arms.ARMS``); None: the
@@ -142,6 +143,8 @@ MODES = dict(
                    # fell below KD (50%: 25% kept from epoch 61).
                    ('stage_epochs=10', 0.5,
                     {'custom_hooks.0.stage_epochs': '10'})),
+               # The 50% schedule that came closest to KD on seed 0.
+               ablation_seeds={'kcd_b50_stage_epochs_10': (0, 1, 2)},
                cosine=False))
 
 
