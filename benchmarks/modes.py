@@ -108,8 +108,9 @@ MODES = dict(
     # of the training file, validated every 10 epochs. 3 seeds an arm;
     # KCD (persistent and stage summary), prune-only, random and the
     # 60/50% budgets.
-    # Cost: docs/results.md ("paper" mode) measures it; arms are cached, so
-    # the mode can be run in several invocations.
+    # Cost (docs/results.md): 42 runs, ~14 h of single-run time, ~7 h at
+    # two jobs; arms are cached, so it runs in several invocations, and
+    # one seed of the main arms (--seeds 0 --main-only) fits a session.
     paper=Mode(n_train=5000, holdout=10000, epochs=120, stage_epochs=20,
                seeds={a: (0, 1, 2) for a in (
                    'student', 'kd', 'kcd', 'kcd_stage', 'kcd_prune',

@@ -5,7 +5,8 @@
         [--jobs 2] [--work-dir work_dirs/bench_MODE] [--force] [--no-docs]
         [--docs-only] [--report] [--seeds S ...] [--arms A ...]
         [--names NAME ...] [--main-only] [--no-micro]
-    python benchmarks/run.py --mode paper   # ~6-7 h: run it in parts
+    python benchmarks/run.py --mode paper   # ~7 h at 2 jobs: run it in parts
+    python benchmarks/run.py --mode paper --seeds 0 --main-only  # ~2 h
 
 Needs the data and the demo's teacher: the first run calls
 ``bash tools/run_demo.sh --teacher-only`` (prepares data/fashion_mnist,
