@@ -78,11 +78,13 @@ def _teacher_line(tops) -> str:
         f'{top:.2f} (`{config}`)' for config, top in tops.items()) + '.'
 
 
-def _fmt(mean: float, sd: float, n: int) -> str:
-    """``mean ± sd`` over ``n`` seeds (``mean`` alone for one seed)."""
+def _fmt(mean: float, sd: float, n: int, signed: bool = False) -> str:
+    """``mean ± sd`` over ``n`` seeds (``mean`` alone for one seed);
+    ``signed`` for differences, so +0.26 reads as a gain."""
     if math.isnan(mean):
         return 'n/a'
-    return f'{mean:.2f} ± {sd:.2f}' if n > 1 else f'{mean:.2f}'
+    m = f'{mean:+.2f}' if signed else f'{mean:.2f}'
+    return f'{m} ± {sd:.2f}' if n > 1 else m
 
 
 def markdown(summary: Dict, rows: List[Dict], mode: Mode,
@@ -244,10 +246,11 @@ def _paired_lines(results: List[Dict]) -> List[str]:
     rows = paired(results)
     if not rows:
         return []
+    own = sorted({LABELS[r['arm']] for r in rows if r['arm'] in PAIR_BASE})
     lines = ['', 'Paired by seed: each arm minus KD on the same seed (top-1 '
-             'points, best held-out checkpoint), per seed and mean ± std; '
-             'KCD with the 60k-image teacher minus KD with that '
-             'teacher:',
+             'points, best held-out checkpoint), per seed and mean ± std' +
+             ''.join(f'; {a} minus KD from its own teacher' for a in own) +
+             ':',
              '', '| arm | budget | seeds | held-out − KD | test − KD |',
              '|---|---|---|---|---|']
     for r in rows:
@@ -257,7 +260,8 @@ def _paired_lines(results: List[Dict]) -> List[str]:
         budget = '-' if r['budget'] is None else f'{r["budget"]:.2f}'
         cells = [
             ' '.join(f'{d:+.2f}' for d in r[k]) + ' → ' +
-            _fmt(r[f'{k}_mean'], r[f'{k}_sd'], n) for k in ('holdout', 'test')
+            _fmt(r[f'{k}_mean'], r[f'{k}_sd'], n, signed=True)
+            for k in ('holdout', 'test')
         ]
         lines.append(f'| {name} | {budget} | {r["seeds"]} | {cells[0]} | '
                      f'{cells[1]} |')
