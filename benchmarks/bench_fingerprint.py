@@ -1,7 +1,7 @@
 """The training-set fingerprint's cost next to building the dataset.
 
     python benchmarks/bench_fingerprint.py [--num 1281167] [--classes 1000]
-        [--images 50000] [--out FILE]
+        [--images 50000] [--no-serialize] [--out FILE]
 
 KCDHook computes :func:`kcd_mm.labels.fingerprint` once, in
 ``before_train``. Measured here, on one core:
@@ -9,7 +9,9 @@ KCDHook computes :func:`kcd_mm.labels.fingerprint` once, in
 - a file dataset of ``--num`` synthetic ImageNet-style paths (an
   mmpretrain ``CustomDataset`` read from an annotation file, as ImageNet
   is; no image is read): the time to build it, the fingerprint (relative
-  paths and labels) and the labels-only hash it replaces;
+  paths and labels) and the labels-only hash it replaces; with
+  ``--no-serialize`` the dataset keeps its data infos as a list of dicts
+  (``serialize_data=False``), the path that once deep-copied every info;
 - an in-memory dataset of ``--images`` 32x32x3 images (CIFAR-like): the
   fingerprint (image bytes and labels).
 
@@ -64,7 +66,8 @@ def _seconds(fn, peaks=None, name=None):
     return seconds, out
 
 
-def file_dataset(root: str, num: int, classes: int):
+def file_dataset(root: str, num: int, classes: int,
+                 serialize_data: bool = True):
     """Write the annotation file; return the dataset's build time and it."""
     from mmpretrain.datasets import CustomDataset
     os.makedirs(osp.join(root, 'meta'))
@@ -74,7 +77,7 @@ def file_dataset(root: str, num: int, classes: int):
             f.write(f'n{c:08d}/n{c:08d}_{i}.JPEG {c}\n')
     return _seconds(lambda: CustomDataset(
         data_root=root, ann_file='meta/train.txt', data_prefix='train',
-        with_label=True))
+        with_label=True, serialize_data=serialize_data))
 
 
 def image_dataset(num: int):
@@ -96,12 +99,16 @@ def main() -> None:
     parser.add_argument('--num', type=int, default=1_281_167)
     parser.add_argument('--classes', type=int, default=1000)
     parser.add_argument('--images', type=int, default=50_000)
+    parser.add_argument('--no-serialize', action='store_true',
+                        help='build the file dataset with '
+                        'serialize_data=False')
     parser.add_argument('--out')
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows, peaks = {}, {}
     with tempfile.TemporaryDirectory() as root:
-        build, dataset = file_dataset(root, args.num, args.classes)
+        build, dataset = file_dataset(root, args.num, args.classes,
+                                      not args.no_serialize)
         rows['build CustomDataset'] = build
         rows['fingerprint (paths + labels)'], value = _seconds(
             lambda: fingerprint(dataset), peaks, 'fingerprint')
@@ -110,15 +117,17 @@ def main() -> None:
     images = image_dataset(args.images)
     rows[f'fingerprint ({args.images} in-memory images)'], _ = _seconds(
         lambda: fingerprint(images))
-    print(f'N = {args.num} paths ({args.classes} classes), fingerprint '
-          f'{value}')
+    print(f'N = {args.num} paths ({args.classes} classes, serialize_data='
+          f'{not args.no_serialize}), fingerprint {value}')
     for name, seconds in rows.items():
         print(f'{name:<40} {seconds:8.2f} s')
     print(f'fingerprint peak memory above resident: '
           f'{peaks.get("fingerprint")} MiB')
     if args.out:
         with open(args.out, 'w') as f:
-            json.dump(dict(num=args.num, images=args.images, seconds=rows,
+            json.dump(dict(num=args.num, images=args.images,
+                           serialize_data=not args.no_serialize,
+                           seconds=rows,
                            peak_mib=peaks), f, indent=1)
 
 

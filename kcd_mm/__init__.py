@@ -2,12 +2,17 @@
 
 ``custom_imports = dict(imports=['kcd_mm'])`` registers KCDHook, KCDSampler,
 KnowledgeSummaryDataset, ValueWeightedLoss and EpochSeedingHook into
-MMRazor's registries. docs/architecture.md maps the package.
+MMRazor's registries, with AtomicCheckpointHook and CPUBF16AmpOptimWrapper
+for the runs that name them. Importing it changes nothing for code that
+does not use them (docs/architecture.md, "A guest in every process", which
+also maps the package).
 """
 from . import compat  # noqa: F401  isort:skip  (before any OpenMMLab import)
 
 import mmrazor.models  # noqa: F401,E402  (registers the stock distill losses)
 
+from .compat.cpu_amp import CPUBF16AmpOptimWrapper  # noqa: E402
+from .compat.mmengine_checkpoints import AtomicCheckpointHook  # noqa: E402
 from .dataset import KnowledgeSummaryDataset  # noqa: E402
 from .hook import KCDHook  # noqa: E402
 from .loss import ValueWeightedLoss  # noqa: E402
@@ -19,5 +24,6 @@ from .state import KCDState  # noqa: E402
 __version__ = '0.1.0'
 __all__ = [
     'KCDHook', 'KCDSampler', 'KnowledgeSummaryDataset', 'ValueWeightedLoss',
-    'EpochSeedingHook', 'KCDOptions', 'KCDState'
+    'EpochSeedingHook', 'KCDOptions', 'KCDState', 'AtomicCheckpointHook',
+    'CPUBF16AmpOptimWrapper'
 ]

@@ -254,14 +254,12 @@ def read_progress(checkpoint: str) -> Optional[Dict]:
         dict: ``epoch`` (from the checkpoint's meta), ``stage``, ``kept``
         (count), ``sample_iters``, ``full_kd_sample_iters``.
     """
-    import torch
-
-    import kcd_mm.compat  # noqa: F401  (safe-load globals)
+    from kcd_mm.compat.safe_loading import load
     try:
-        ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True,
-                          mmap=True)
+        ckpt = load(checkpoint, map_location='cpu', weights_only=True,
+                    mmap=True)
     except RuntimeError:  # old (non-zip) format cannot be mmapped
-        ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
+        ckpt = load(checkpoint, map_location='cpu', weights_only=True)
     state = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
     if state is None:
         return None

@@ -19,7 +19,7 @@ images' labels, which mmpretrain's heads train on). Keys:
   the image ``sum_j w * original_j``.
 """
 import copy
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import cv2
 import numpy as np
@@ -28,7 +28,8 @@ from mmcv.image import imresize
 from mmengine.dataset import BaseDataset, Compose, ConcatDataset
 from mmrazor.registry import DATASETS
 
-from .labels import dataset_labels
+from .labels import gt_labels
+from .seeding import SampleSeeding
 from .summary import key_terms
 
 
@@ -65,6 +66,7 @@ class KnowledgeSummaryDataset:
         self.num_mixed_classes = None  # set by mix_labels
         self._labels = None  # every sample's class, with mix_labels
         self._fully_initialized = False
+        self._seeding = SampleSeeding()
         if not lazy_init:
             self.full_init()
 
@@ -111,21 +113,55 @@ class KnowledgeSummaryDataset:
         ``sum w * onehot(label_j)`` over a blended one's images (set by
         ``KCDHook(blend_label='mix')`` before the loader starts). Every
         sample of a batch gets one, as mmpretrain's heads read soft targets
-        only when the batch's first sample has them."""
-        label = self.dataset.get_data_info(0).get('gt_label') if len(
-            self.dataset) else None
-        if label is None or np.asarray(label).size != 1:
-            raise ValueError(
-                "KCD blend_label='mix' needs one class label per sample "
-                f"(gt_label); {type(self.dataset).__name__} gives "
-                f"{label!r}. Use blend_label='own'.")
-        self._labels = dataset_labels(self.dataset)  # once, not per load
+        only when the batch's first sample has them.
+
+        Refuses, before training, a dataset where any sample has no label
+        or several (mmpretrain's MultiLabelDataset): a one-hot mix would
+        keep one label of each and drop the others without a word. Mixing
+        multi-hot targets is left out on purpose: every other reader of
+        the labels (class balance, the analysis) takes one per sample.
+        """
+        self._labels = self._single_labels()  # once, not per load
         self.num_mixed_classes = int(num_classes)
+
+    def _single_labels(self) -> np.ndarray:
+        """Every sample's one class label, checked sample by sample (not
+        from sample 0: multi-label sets mix one-label and many-label
+        samples). The dataset's own single-label ``get_gt_labels`` answers
+        at once; otherwise each sample's ``get_cat_ids`` (or data info
+        ``gt_label``) is read."""
+        dataset = self.dataset
+        labels = gt_labels(dataset)
+        if labels is not None:
+            return labels
+        out = np.empty(len(dataset), dtype=np.int64)
+        for i in range(len(dataset)):
+            try:
+                label = dataset.get_cat_ids(i) if hasattr(
+                    dataset, 'get_cat_ids') else dataset.get_data_info(
+                        i)['gt_label']
+            except (KeyError, TypeError, ValueError):
+                label = None
+            count = 0 if label is None else np.asarray(label).size
+            if count != 1:
+                raise ValueError(
+                    "KCD blend_label='mix' mixes one class label per "
+                    f'sample, and sample {i} of {type(dataset).__name__} '
+                    f'has {count} ({label!r}): a multi-label (or unlabelled)'
+                    ' dataset would lose every label but one. Use '
+                    "blend_label='own' (a blended sample keeps its own "
+                    'labels).')
+            out[i] = int(np.asarray(label).reshape(-1)[0])
+        return out
 
     def _label_of(self, idx: int) -> int:
         return int(self._labels[idx])
 
     def _with_score(self, out: Any, terms) -> Any:
+        """``out`` with the ``gt_score`` of ``terms``, or of the images
+        :meth:`_sample` actually used where it had to leave some out
+        (files that could not be read)."""
+        terms = self.__dict__.pop('_used_terms', None) or terms
         score = torch.zeros(self.num_mixed_classes)
         for j, w in terms:
             score[self._label_of(j)] += w
@@ -136,9 +172,15 @@ class KnowledgeSummaryDataset:
         """The stored images of an in-memory dataset (for the summary)."""
         return [self.dataset.get_data_info(int(i))['img'] for i in indices]
 
-    def _loaded(self, idx: int) -> dict:
+    def _loaded(self, idx: int) -> Optional[dict]:
+        """Sample ``idx`` through the loading transforms; None where they
+        give None (``LoadImageFromFile(ignore_empty=True)`` on a file that
+        is missing or unreadable), which the callers handle as mmengine's
+        BaseDataset does: leave the image out, or fetch another sample."""
         results = self._load(self.dataset.get_data_info(idx))
-        if results is None or not isinstance(results.get('img'), np.ndarray):
+        if results is None:
+            return None
+        if not isinstance(results.get('img'), np.ndarray):
             raise TypeError(
                 f'KnowledgeSummaryDataset cannot blend sample {idx} of '
                 f'{type(self.dataset).__name__}: it has no image array '
@@ -158,20 +200,46 @@ class KnowledgeSummaryDataset:
                             np.empty(shape, np.float32))
         return cache[shape]
 
-    def _combined(self, idx: int, terms) -> dict:
+    def _combined(self, idx: int, terms) -> Optional[dict]:
         """Sample ``idx`` with the image ``sum w * img_j`` over ``terms``
-        ((j, w) pairs; j may be ``idx`` itself), rounded once."""
+        ((j, w) pairs; j may be ``idx`` itself), rounded once.
+
+        None when sample ``idx``'s own file cannot be read (the caller
+        then takes the wrapped dataset's sample, which refetches). A term
+        whose file cannot be read is left out and the weights of those
+        that loaded are renormalised to sum 1: a stage pair with a missing
+        partner is the tail's own image; persistent terms of which none
+        loaded give the tail's own original image. The terms used are
+        kept for :meth:`_with_score`.
+        """
         results = self._loaded(idx)
+        if results is None:
+            return None
         img = results['img']
-        images = []
-        for j, _ in terms:
-            other = img if j == idx else self._loaded(j)['img']
+        images, used = [], []
+        for j, w in terms:
+            if j == idx:
+                other = img
+            else:
+                loaded = self._loaded(j)
+                if loaded is None:
+                    continue  # a file that could not be read: without it
+                other = loaded['img']
             if other.shape[:2] != img.shape[:2]:
                 other = imresize(other, (img.shape[1], img.shape[0]))
             if other.ndim != img.ndim:
                 other = other.reshape(img.shape)
             images.append(other)
-        weights = [float(w) for _, w in terms]
+            used.append((j, float(w)))
+        if len(used) < len(terms):
+            total = sum(w for _, w in used)
+            used = [(j, w / total) for j, w in used] if total > 0 else []
+            if not used:
+                images, used = [img], [(idx, 1.0)]
+            self._used_terms = tuple(used)
+            if len(used) == 1 and used[0][0] == idx:
+                return results  # the tail alone, as it loaded
+        weights = [w for _, w in used]
         if len(images) == 2 and all(i.dtype == np.uint8 for i in images):
             # One SIMD pass, rounded and saturated once (differs from the
             # float32 path below by one grey level on a few ties in 10^6).
@@ -190,7 +258,17 @@ class KnowledgeSummaryDataset:
         results['img'] = mixed.astype(img.dtype)
         return results
 
+    def set_epoch_seed(self, seed: Optional[int]) -> None:
+        """Seed every sample's load and augmentation from (``seed``,
+        sample index) from the next pass on, in every worker
+        (EpochSeedingHook calls it before each epoch); None stops."""
+        self._seeding.set_epoch_seed(seed)
+
     def __getitem__(self, key: Union[int, tuple]) -> Any:
+        idx = int(key[0] if isinstance(key, tuple) else key)
+        return self._seeding.seeded(idx, lambda: self._item(key))
+
+    def _item(self, key: Union[int, tuple]) -> Any:
         out = self._sample(key)
         if self.num_mixed_classes is None:
             return out
@@ -199,13 +277,27 @@ class KnowledgeSummaryDataset:
         return self._with_score(out, key_terms(int(idx), extra))
 
     def _sample(self, key: Union[int, tuple]) -> Any:
+        self._used_terms = None  # set where the terms of key do not hold
         if not isinstance(key, tuple):
-            return self.dataset[key]
+            return self._whole(key)
         idx = key[0]
         if isinstance(key[1], np.ndarray):  # persistent, in memory
             results = self._loaded(idx)
-            results['img'] = key[1].copy()
+            if results is not None:
+                results['img'] = key[1].copy()
         else:  # a stage pair, or a file dataset's persistent terms
             results = self._combined(idx, key_terms(idx, key[1:]))
-        out = self._augment(results)
-        return self.dataset[idx] if out is None else out
+        out = None if results is None else self._augment(results)
+        return self._whole(idx) if out is None else out
+
+    def _whole(self, idx: int) -> Any:
+        """The wrapped dataset's own sample ``idx``, unblended: mmengine's
+        BaseDataset fetches a random other sample where its pipeline gives
+        None (an unreadable file with ``ignore_empty=True``, an
+        augmentation that drops it), as plain training does, so the
+        sample's label terms are those of the sample it carries."""
+        out = self.dataset[idx]
+        sample = out.get('data_samples') if isinstance(out, dict) else None
+        got = getattr(sample, 'sample_idx', idx)
+        self._used_terms = ((int(got), 1.0), )
+        return out

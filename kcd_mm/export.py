@@ -12,6 +12,7 @@ from collections import OrderedDict
 
 import torch
 
+from .compat import safe_loading
 from .fileio import write_atomically
 
 # Meta entries of a Runner checkpoint that are kept: plain, informative.
@@ -44,7 +45,7 @@ def extract(src: str, dst: str, prefix: str = '') -> int:
         ValueError: ``src`` holds no state dict, or no key under
             ``prefix``.
     """
-    ckpt = torch.load(src, map_location='cpu', weights_only=True)
+    ckpt = safe_loading.load(src, map_location='cpu', weights_only=True)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not state:
         raise ValueError(f'{src} holds no state dict')

@@ -1,12 +1,34 @@
 """One way to write a file that a kill cannot leave half-written.
 
-Checkpoints (through a compat shim), stage records, snapshots and exported
-weights all go through :func:`write_atomically`. Standard library only, so
-``compat`` can use it before anything else is imported.
+Checkpoints (:class:`kcd_mm.compat.mmengine_checkpoints.AtomicCheckpointHook`),
+stage records, snapshots and exported weights all go through
+:func:`write_atomically` or :func:`commit`. Standard library only.
 """
 import os
 import os.path as osp
 from typing import Callable, Optional
+
+
+def _fsync_folder(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened everywhere (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: str, path: str) -> None:
+    """Move the finished file ``tmp`` over ``path`` durably: fsync it,
+    rename it (atomic within one file system), fsync the folder."""
+    with open(tmp, 'rb+') as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_folder(osp.dirname(osp.abspath(path)))
 
 
 def write_atomically(path: str, write: Callable, mode: str = 'wb',
@@ -30,13 +52,4 @@ def write_atomically(path: str, write: Callable, mode: str = 'wb',
         if osp.exists(tmp):
             os.remove(tmp)
         raise
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # a folder cannot be opened everywhere (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    _fsync_folder(folder)

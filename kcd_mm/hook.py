@@ -13,9 +13,9 @@ from mmengine.dist import (all_reduce, get_world_size, is_distributed,
 from mmengine.hooks import Hook
 from mmrazor.registry import HOOKS
 
-from .compat import set_max_iters
+from .compat.mmengine_checkpoints import latest_checkpoint, make_atomic
 from .condensation import iterations_per_epoch
-from .labels import fingerprint
+from .labels import class_count, fingerprint
 from .options import KCDOptions
 from .records import (CKPT_KEY, RECORD_FILE, RecordWriter, StageRecord,
                       check_record_file)
@@ -26,9 +26,10 @@ from .values import get_value_measure
 from .wiring import (batch_ids, check_first_batch, check_loss_inputs,
                      check_not_data_free, check_same_dataset_on_ranks,
                      check_setup, check_single_hook, class_labels,
-                     degenerate_stage, find_classifier, find_recording_loss,
-                     find_sampler, shared_seed, unwrap_summary,
-                     warn_iteration_schedulers, weights_digest)
+                     degenerate_cause, degenerate_stage, find_classifier,
+                     find_recording_loss, find_sampler, setup_warnings,
+                     shared_seed, unwrap_summary, warn_iteration_schedulers,
+                     weights_digest)
 
 
 def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -158,6 +159,20 @@ class KCDHook(Hook):
         self._classifier_digest = None  # its weights at the last E-step
 
     # ---------------------------------------------------------- set-up
+    def before_run(self, runner) -> None:
+        """Before mmengine resumes: checkpoints a kill cannot lose, and
+        an auto-resume that skips a damaged ``last_checkpoint``."""
+        if make_atomic(runner.hooks) is not None:
+            runner.logger.info(
+                'KCD: checkpoints are written atomically '
+                '(CheckpointHook -> mmrazor.AtomicCheckpointHook).')
+        if runner._resume and runner._load_from is None:
+            chosen, warning = latest_checkpoint(runner.work_dir)
+            if warning is not None:
+                runner.logger.warning(warning)
+                runner._load_from = chosen
+                runner._resume = chosen is not None
+
     def before_train(self, runner) -> None:
         loader = runner.train_dataloader
         dataset = loader.dataset
@@ -188,6 +203,12 @@ class KCDHook(Hook):
             value_measure=self._loss.value,
             in_memory=getattr(dataset, 'in_memory', False))
         self._images = getattr(dataset, 'original_images', None)
+        self._num_classes = class_count(unwrap_summary(dataset))
+        for message in setup_warnings(
+                self.options, self.state.boundaries(), runner.max_epochs,
+                getattr(self._classifier, 'out_features', None),
+                self._num_classes):
+            runner.logger.warning(message)
         if self.options.blend_label == 'mix':
             dataset.mix_labels(self._classifier.out_features)
         if self.state.selector.weights_losses:
@@ -270,7 +291,10 @@ class KCDHook(Hook):
 
     def _name_weak_values(self, runner, record: StageRecord) -> None:
         """Warn, and say in the record, when the stage's values cannot rank
-        the samples (a classifier that did not train, no values)."""
+        the samples (a classifier that did not train, a single class, no
+        values), naming the likely cause: a single class where the
+        classifier or the dataset has one, as its values are all 0
+        however it trains."""
         digest = weights_digest(self._classifier)
         changed = None if digest is None else digest != self._classifier_digest
         self._classifier_digest = digest
@@ -280,10 +304,9 @@ class KCDHook(Hook):
             runner.logger.warning(
                 f'KCD stage {record.stage}: {record.degenerate}, so its '
                 'values cannot tell samples apart and this E-step in effect '
-                'prunes at random. Likely cause: a stage that trains no '
-                'classifier (e.g. ABLoss stage 1, Factor Transfer '
-                'pretraining); run KCD only in stages that train the '
-                'student head, or use strategy=\'random\' knowingly.')
+                'prunes at random. Likely cause: ' + degenerate_cause(
+                    getattr(self._classifier, 'out_features', None),
+                    getattr(self, '_num_classes', None)))
         if record.values_recorded == 0:
             runner.logger.warning(
                 f'KCD stage {record.stage}: no knowledge value was recorded '
@@ -309,10 +332,11 @@ class KCDHook(Hook):
         if loader.batch_size is None:
             return
         sizes = self.state.planned_sizes(start_epoch)
-        set_max_iters(
-            loop, loop.iter + sum(
-                iterations_per_epoch(s, loader.batch_size, get_world_size(),
-                                     loader.drop_last) for s in sizes))
+        # mmengine 0.10.7 fixes max_iters once, as max_epochs *
+        # len(dataloader), and offers no setter.
+        loop._max_iters = loop.iter + sum(
+            iterations_per_epoch(s, loader.batch_size, get_world_size(),
+                                 loader.drop_last) for s in sizes)
 
     # ------------------------------------------------------ checkpoint
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:

@@ -9,15 +9,20 @@ repeat the uninterrupted one exactly. ``KCDHook(epoch_seeding=True)``
 (the default) runs it; any other run can add the hook itself.
 
 Augmentations drawn in dataloader workers need the same: mmengine seeds
-each worker once, when it starts, from (seed, rank, worker id), so
-persistent workers carry their RNGs from epoch to epoch (a resumed run's
-fresh workers draw others) and non-persistent workers repeat one stream
-every epoch. The hook therefore also wraps the training loader's
-``worker_init_fn`` in a :class:`WorkerSeeder`, which reseeds every worker
-from (seed, epoch, rank, worker id) at the start of every epoch:
-persistent workers through the shim
-:func:`kcd_mm.compat._worker_epoch_start`, fresh ones when they start.
+each worker once, when it starts, so persistent workers carry their RNGs
+from epoch to epoch (a resumed run's fresh workers draw others). With a
+:class:`~kcd_mm.KnowledgeSummaryDataset` the hook hands the epoch seed to
+the dataset, which seeds each sample's load and augmentation from (epoch
+seed, sample index) in the workers (:class:`SampleSeeding`): the draws are
+then the same whatever ``num_workers > 0``, persistent or not, and
+whichever worker loads the sample, with no hook into torch's workers
+(``num_workers=0`` draws from the main stream, reseeded each epoch). Any
+other dataset gets a
+:class:`WorkerSeeder` as ``worker_init_fn`` (fresh workers reseeded from
+(epoch seed, rank, worker id)), and its persistent workers are restarted
+at each epoch so that they start from the new seed.
 """
+import hashlib
 import random
 from typing import Callable, Optional
 
@@ -27,26 +32,26 @@ from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmrazor.registry import HOOKS
 
-from .compat import workers_hear_epoch_start
-
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch`` (0-based) of a run seeded ``seed``."""
     return (int(seed) + 1_000_003 * int(epoch)) % 2**32
 
 
-def reseed_worker(seed: int, rank: int, worker_id: int,
-                  rerun: int = 0) -> None:
-    """Seed a dataloader worker's python, numpy and torch RNGs for an epoch
-    seeded ``seed``: apart for every (seed, rank, worker, rerun) and,
-    unlike :func:`reseed`, apart from one another (numpy's legacy and
-    torch's CPU generators are both MT19937: one integer seed would give
-    them one stream)."""
-    words = np.random.SeedSequence(
-        [int(seed), int(rank), int(worker_id), int(rerun)]).generate_state(4)
-    torch.manual_seed(int(words[0]))
-    random.seed(int(words[1]))
-    np.random.seed(words[2:])
+def _seed_apart(*words: int) -> None:
+    """Seed python, numpy and torch from ``words``, apart from one another
+    (numpy's legacy and torch's CPU generators are both MT19937: one
+    integer seed would give them one stream)."""
+    state = np.random.SeedSequence([int(w) for w in words]).generate_state(4)
+    torch.manual_seed(int(state[0]))
+    random.seed(int(state[1]))
+    np.random.seed(state[2:])
+
+
+def reseed_worker(seed: int, rank: int, worker_id: int) -> None:
+    """Seed a dataloader worker's RNGs for an epoch seeded ``seed``: apart
+    for every (seed, rank, worker)."""
+    _seed_apart(seed, rank, worker_id)
 
 
 def reseed(seed: int) -> None:
@@ -56,17 +61,57 @@ def reseed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class WorkerSeeder:
-    """A loader's ``worker_init_fn`` that also reseeds at each epoch start.
+def _seed_sample(seed: int, sample_idx: int) -> None:
+    """Seed a worker's python, numpy and torch CPU generators for one
+    sample, apart from one another: three words of one hash, about 8 us
+    (a SeedSequence and ``torch.manual_seed``, which also visits every
+    accelerator's generators, cost 100 us; benchmarks/
+    bench_sample_seeding.py)."""
+    words = hashlib.blake2b(b'%d %d' % (seed, sample_idx),
+                            digest_size=12).digest()
+    torch.default_generator.manual_seed(int.from_bytes(words[:4], 'little'))
+    random.seed(int.from_bytes(words[4:8], 'little'))
+    np.random.seed(int.from_bytes(words[8:], 'little'))
 
-    Runs the wrapped ``init_fn`` (mmengine's, say), then reseeds the
-    worker from (epoch seed, rank, worker id). The epoch seed lives in
-    shared memory, so :meth:`set_epoch_seed` in the main process reaches
-    live (persistent) workers too: they reseed in :meth:`epoch_start`,
-    which the shim :func:`kcd_mm.compat._worker_epoch_start` calls when
-    torch starts the loader's next pass. A persistent worker's second
-    pass under one seed (an iteration-based loop cycling its loader)
-    counts as a rerun and draws afresh.
+
+class SampleSeeding:
+    """Each sample's randomness in a worker from (epoch seed, index).
+
+    The epoch seed lives in shared memory, so :meth:`set_epoch_seed` in
+    the main process reaches the dataset's copies in live (persistent)
+    workers too: the hook sets it before the epoch's ``iter(loader)``,
+    before any worker is sent an index of that epoch. :meth:`seeded` then
+    seeds a worker's python, numpy and torch for one sample: the draws do
+    not depend on the worker, on ``num_workers`` or on how long the worker
+    has lived. In the main process (``num_workers=0``) it seeds nothing:
+    there the samples draw, in order, from the main stream that
+    EpochSeedingHook reseeds at each epoch, which a resumed run repeats
+    already (and the model's own draws stay where they were; restoring
+    numpy's state after each sample would cost 65 us). Unset (-1, a run
+    without a seed), it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self._seed = torch.full((), -1, dtype=torch.int64).share_memory_()
+
+    def set_epoch_seed(self, seed: Optional[int]) -> None:
+        """Main process, before the epoch's ``iter(loader)``."""
+        self._seed.fill_(-1 if seed is None else int(seed))
+
+    def seeded(self, sample_idx: int, load: Callable):
+        """``load()`` with the RNGs seeded for sample ``sample_idx``."""
+        seed = int(self._seed)
+        if seed >= 0 and torch.utils.data.get_worker_info() is not None:
+            _seed_sample(seed, int(sample_idx))
+        return load()
+
+
+class WorkerSeeder:
+    """A loader's ``worker_init_fn`` that also reseeds from the epoch seed.
+
+    Runs the wrapped ``init_fn`` (mmengine's, say), then reseeds the fresh
+    worker from (epoch seed, rank, worker id). :func:`seed_workers` sets
+    the seed before workers start.
 
     Args:
         init_fn (callable, optional): the loader's own ``worker_init_fn``.
@@ -77,50 +122,41 @@ class WorkerSeeder:
                  rank: int) -> None:
         self.init_fn = init_fn
         self.rank = int(rank)
-        self._seed = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._last: Optional[int] = None  # worker-local from here on
-        self._rerun = 0
-
-    def set_epoch_seed(self, seed: int) -> None:
-        """Main process, before the epoch's ``iter(loader)``."""
-        self._seed.fill_(int(seed))
-
-    def epoch_start(self, worker_id: int) -> None:
-        """Worker process: reseed for the pass that starts now."""
-        seed = int(self._seed)
-        self._rerun = self._rerun + 1 if seed == self._last else 0
-        self._last = seed
-        reseed_worker(seed, self.rank, worker_id, self._rerun)
+        self.seed = 0
 
     def __call__(self, worker_id: int) -> None:
         if self.init_fn is not None:
             self.init_fn(worker_id)
-        self.epoch_start(worker_id)
+        reseed_worker(self.seed, self.rank, worker_id)
 
 
 def seed_workers(loader, seed: int) -> None:
-    """Make ``loader``'s workers, fresh or persistent, draw from ``seed``
-    (with their rank and id) in the pass that starts next; a loader
-    without workers is left alone."""
+    """Make ``loader``'s workers draw from ``seed`` in the pass that starts
+    next: per sample in a dataset that seeds its samples
+    (``set_epoch_seed``), else per worker, restarting persistent workers
+    (torch offers no call into a live worker). A loader without workers,
+    with a plain dataset, is left alone."""
+    dataset = getattr(loader, 'dataset', None)
+    if callable(getattr(dataset, 'set_epoch_seed', None)):
+        dataset.set_epoch_seed(seed)
+        return
     if not getattr(loader, 'num_workers', 0):
         return
     seeder = loader.worker_init_fn
-    if not isinstance(seeder, WorkerSeeder) or not (
-            workers_hear_epoch_start()):
-        # Live persistent workers started without a seeder (or on a torch
-        # the shim does not fit) cannot be reseeded: the next pass starts
-        # new ones (the old ones shut down when their iterator is dropped).
-        loader._iterator = None
     if not isinstance(seeder, WorkerSeeder):
         seeder = WorkerSeeder(seeder, get_rank())
         loader.worker_init_fn = seeder
-    seeder.set_epoch_seed(seed)
+    seeder.seed = int(seed)
+    if getattr(loader, 'persistent_workers', False):
+        # The loader's own iterator holds the live workers; dropping it
+        # shuts them down, and the next iter(loader) starts fresh ones.
+        loader._iterator = None
 
 
 @HOOKS.register_module()
 class EpochSeedingHook(Hook):
     """Reseed the RNGs from (run seed, epoch) at each epoch start: the main
-    process's, and those of the training loader's workers.
+    process's, and those the training loader draws its samples with.
 
     Does nothing when the run has no seed (``randomness.seed=None``).
     """

@@ -6,7 +6,7 @@ before any training time is spent.
 """
 import hashlib
 import math
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -66,6 +66,85 @@ def degenerate_stage(value_mean: float, value_std: float,
         return (f'the values are near constant (std {value_std:.3g}, mean '
                 f'{value_mean:.3g})')
     return None
+
+
+#: why the values of a stage that trains no classifier cannot rank
+NO_CLASSIFIER_CAUSE = (
+    'a stage that trains no classifier (e.g. ABLoss stage 1, Factor '
+    'Transfer pretraining); run KCD only in stages that train the student '
+    "head, or use strategy='random' knowingly.")
+
+
+#: why one class gives values that cannot rank, and the fix
+SINGLE_CLASS_WHY = (
+    'every prediction is certain, so the entropy (as any value of a '
+    'one-way softmax) is 0 for every sample and each E-step prunes at '
+    "random. KCD needs two classes or more: on one-class data drop KCD, or "
+    "use strategy='random' knowingly.")
+
+
+def degenerate_cause(out_features: Optional[int],
+                     num_classes: Optional[int]) -> str:
+    """The likely cause of a degenerate stage (see :func:`degenerate_stage`)
+    to name in its warning: a single class where the classifier or the
+    dataset has one, else a stage that trains no classifier."""
+    if 1 in (out_features, num_classes):
+        return f'a single class: {SINGLE_CLASS_WHY}'
+    return NO_CLASSIFIER_CAUSE
+
+
+def setup_warnings(options: KCDOptions, boundaries: Sequence[int],
+                   max_epochs: int, out_features: Optional[int],
+                   num_classes: Optional[int]) -> List[str]:
+    """What KCD can run, but not to the purpose its options suggest: each
+    a warning before training, not a refusal, since the run is still
+    sound.
+
+    * No E-step in the run (``stage_epochs == max_epochs``): KCD trains
+      the full set every epoch and only records values. Kept, not
+      refused: it measures KCD's overhead, and its checkpoints carry the
+      values, so a longer resumed run condenses where this one stopped.
+    * A single class (one classifier output, or one class in the
+      dataset): every value is 0, so each E-step prunes at random.
+    * More classifier outputs than the dataset has classes (a 1000-way
+      ImageNet head on a 2-class set): the entropy spreads over outputs
+      no sample has, starts near ln(out_features) for every sample, and
+      ranks by noise until the extra outputs are trained down.
+
+    Args:
+        options: the E-step options.
+        boundaries: epochs completed at each E-step of the run.
+        max_epochs: the train loop's ``max_epochs``.
+        out_features: the student classifier's outputs (None if unknown).
+        num_classes: the dataset's classes (None if unknown), see
+            :func:`kcd_mm.labels.class_count`.
+    """
+    messages = []
+    if not boundaries:
+        messages.append(
+            f'KCDHook stage_epochs={options.stage_epochs} with '
+            f'train_cfg.max_epochs={max_epochs} runs no E-step (E-steps '
+            'come after epochs stage_epochs, 2 x stage_epochs, ... before '
+            'the last): KCD trains the full set every epoch, as plain KD, '
+            'and only records values. To condense, choose stage_epochs <= '
+            'max_epochs / 2 (or run longer); this is fine only to measure '
+            "KCD's overhead or for a run that a longer resume continues.")
+    if out_features == 1 or (num_classes == 1 and not out_features):
+        which = ('the student classifier has out_features=1'
+                 if out_features == 1 else 'the training set has 1 class')
+        messages.append(f'KCD: {which} (a single class): '
+                        f'{SINGLE_CLASS_WHY}')
+    elif out_features and num_classes and out_features > num_classes:
+        messages.append(
+            f'KCD: the student classifier has out_features={out_features}'
+            f' but the training set has {num_classes} classes: the values '
+            f'see all {out_features} outputs (the entropy starts near '
+            f'ln({out_features}) = {math.log(out_features):.2f} for every '
+            'sample) and rank the samples by noise until the extra outputs '
+            "are trained down. Set the student's (and the teacher's) head "
+            f'num_classes={num_classes}, or check that the dataset holds '
+            'the classes the head was built for.')
+    return messages
 
 
 def check_not_data_free(model) -> None:
@@ -223,13 +302,20 @@ def batch_ids(samples, with_labels: bool):
 def check_first_batch(sampler, sample_idx: torch.Tensor) -> None:
     """The first batch's ``sample_idx`` must be the positions the sampler
     yielded: KCD names samples by position, so a dataset or pipeline that
-    numbers them otherwise would value and keep the wrong samples."""
+    numbers them otherwise would value and keep the wrong samples. Half
+    of them in place passes (see the comment below)."""
     keys = list(iter(sampler))[:sample_idx.numel()]
     want = [k[0] if isinstance(k, tuple) else k for k in keys]
-    if sample_idx.tolist() != want:
+    # mmengine's BaseDataset replaces a sample it cannot load (an
+    # unreadable file with ignore_empty=True) by a random other one, with
+    # that one's sample_idx: a few such positions are not a renumbering,
+    # which leaves (almost) none in place.
+    matches = sum(a == b for a, b in zip(sample_idx.tolist(), want))
+    if len(want) != sample_idx.numel() or 2 * matches < len(want):
         raise ValueError(
             f'The first batch carries sample_idx {sample_idx.tolist()[:8]} '
-            f'but the sampler yielded positions {want[:8]}: KCD needs '
+            f'but the sampler yielded positions {want[:8]} ({matches} of '
+            f'{len(want)} in place): KCD needs '
             "sample_idx == position in the dataset (mmengine's BaseDataset "
             'sets it so; do not change it in get_data_info, load_data_list '
             'or the pipeline).')

@@ -4,7 +4,8 @@ The tiny data and config builders live in :mod:`kcd_mm.testing`.
 
 * :func:`repo_root`, :func:`free_port` and :func:`run_tool` help tests run
   the files in ``tools/`` as a user would.
-* :func:`read_jsonl` and :func:`stage_records` read what a run wrote.
+* :func:`read_jsonl` and :func:`stage_records` read what a run wrote;
+  :func:`load_checkpoint` loads a Runner checkpoint as kcd_mm's tools do.
 """
 import glob
 import json
@@ -30,6 +31,25 @@ def probe_env(**env: str) -> Dict[str, str]:
     path = os.pathsep.join(p for p in (TESTS_DIR, os.environ.get(
         'PYTHONPATH')) if p)
     return dict(env, PYTHONPATH=path)
+
+
+def load_checkpoint(path: str) -> dict:
+    """A Runner checkpoint, weights-only with its plain-data types allowed
+    for this load only (kcd_mm.compat.safe_loading)."""
+    from kcd_mm.compat.safe_loading import load
+    return load(path, map_location='cpu', weights_only=True)
+
+
+def train_here(cfg: dict, work_dir: str):
+    """Build a Runner from the config dict ``cfg`` in this process (no
+    interpreter start-up), train it in ``work_dir`` and return it."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    cfg = Config(cfg)
+    cfg.work_dir = work_dir
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner
 
 
 def free_port() -> int:

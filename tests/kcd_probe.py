@@ -197,7 +197,7 @@ class CheckpointKillHook(Hook):
             _die_writing(f, buf.getvalue())
 
         def put_(backend, obj, filepath):
-            if osp.basename(str(filepath)) != name:
+            if osp.basename(str(filepath)) not in (name, name + '.tmp'):
                 return put(backend, obj, filepath)
             with open(filepath, 'wb') as f:
                 _die_writing(f, obj)

@@ -26,9 +26,9 @@ import kcd_mm.compat  # noqa: E402,F401,I001  isort:skip
 import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
-from mmengine.runner import find_latest_checkpoint  # noqa: E402
 
 import kcd_mm  # noqa: E402,F401  registers kcd_mm's modules
+from kcd_mm.compat.mmengine_checkpoints import latest_checkpoint  # noqa
 import tool_utils  # noqa: E402  tools/tool_utils.py, a sibling
 
 
@@ -89,9 +89,9 @@ def enable_amp(cfg) -> None:
     """Switch the config's optimizer wrapper(s) to mixed precision.
 
     With CUDA: ``AmpOptimWrapper`` with ``loss_scale='dynamic'``. Without:
-    ``AmpOptimWrapper`` with ``dtype='bfloat16'`` (CPU autocast; the
-    GPU-only check of mmengine 0.10.7 is relaxed for exactly this case by
-    ``kcd_mm.compat``); no loss scaling is needed for bf16.
+    ``mmrazor.CPUBF16AmpOptimWrapper`` (CPU bfloat16 autocast, which
+    mmengine 0.10.7's AmpOptimWrapper refuses without an accelerator);
+    no loss scaling is needed for bf16.
     """
     on_gpu = torch.cuda.is_available()
     for name, wrapper in _amp_targets(cfg.optim_wrapper).items():
@@ -102,10 +102,12 @@ def enable_amp(cfg) -> None:
         elif wrapper_type != 'OptimWrapper':
             raise ValueError('--amp needs OptimWrapper (or AmpOptimWrapper) '
                              f'in {name}, got {wrapper_type}')
-        wrapper.type = 'AmpOptimWrapper'
         if on_gpu:
+            wrapper.type = 'AmpOptimWrapper'
             wrapper.setdefault('loss_scale', 'dynamic')
         else:
+            wrapper.type = 'mmrazor.CPUBF16AmpOptimWrapper'
+            wrapper.pop('loss_scale', None)
             wrapper.dtype = 'bfloat16'
     if on_gpu:
         print_log('--amp: AmpOptimWrapper with dynamic loss scaling.',
@@ -113,7 +115,7 @@ def enable_amp(cfg) -> None:
     else:
         print_log(
             '--amp without CUDA: training under CPU bfloat16 autocast '
-            "(AmpOptimWrapper, dtype='bfloat16', no loss scaling). It is "
+            '(mmrazor.CPUBF16AmpOptimWrapper, no loss scaling). It is '
             'fast only on CPUs with native bf16 (AVX512-BF16/AMX).',
             logger='current',
             level=logging.WARNING)
@@ -134,17 +136,19 @@ def set_resume(cfg, resume) -> None:
 
     ``'auto'`` takes the checkpoint ``last_checkpoint`` names; if that is
     missing, empty, truncated or gone (a run killed while saving), the
-    newest complete ``epoch_N.pth``/``iter_N.pth`` of the work dir, with a
-    warning naming the damaged file (``find_latest_checkpoint`` as
-    ``kcd_mm.compat`` wraps it). With none, training starts from scratch.
+    complete ``epoch_N.pth``/``iter_N.pth`` of the highest step in the work
+    dir, with a warning naming the damaged file
+    (``kcd_mm.compat.mmengine_checkpoints.latest_checkpoint``). With none,
+    or without ``last_checkpoint`` (as in mmengine), training starts from
+    scratch.
     """
     if resume is None:
         return
     cfg.resume = True
     if resume == 'auto':
-        latest = None
-        if osp.isdir(cfg.work_dir):
-            latest = find_latest_checkpoint(cfg.work_dir)
+        latest, warning = latest_checkpoint(cfg.work_dir)
+        if warning is not None:
+            print_log(warning, logger='current', level=logging.WARNING)
         cfg.load_from = latest
         if latest is None:
             print_log(

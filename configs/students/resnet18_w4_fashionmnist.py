@@ -22,9 +22,16 @@ train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=1)
 val_cfg = dict()
 test_cfg = dict()
 
+# kcd_mm's CheckpointHook (atomic writes, old checkpoint deleted after the
+# new one is complete), so that the KD and KCD arms built on this config
+# save alike; mmengine's own would delete first with max_keep_ckpts=1.
+custom_imports = dict(imports=['kcd_mm'], allow_failed_imports=False)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=100),
     checkpoint=dict(
-        type='CheckpointHook', interval=1, max_keep_ckpts=1, save_last=True))
+        type='mmrazor.AtomicCheckpointHook',
+        interval=1,
+        max_keep_ckpts=1,
+        save_last=True))
 
 randomness = dict(seed=0, deterministic=False)

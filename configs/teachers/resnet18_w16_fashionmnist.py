@@ -25,9 +25,16 @@ train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=1)
 val_cfg = dict()
 test_cfg = dict()
 
+# kcd_mm's CheckpointHook: with max_keep_ckpts=1 mmengine's own deletes the
+# old checkpoint before writing the new one, so a kill while saving would
+# lose the teacher; this one writes atomically and deletes afterwards.
+custom_imports = dict(imports=['kcd_mm'], allow_failed_imports=False)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=100),
     checkpoint=dict(
-        type='CheckpointHook', interval=1, max_keep_ckpts=1, save_last=True))
+        type='mmrazor.AtomicCheckpointHook',
+        interval=1,
+        max_keep_ckpts=1,
+        save_last=True))
 
 randomness = dict(seed=0, deterministic=False)

@@ -134,6 +134,8 @@ def test_persistent_in_memory_run_trains_on_mixed_labels(tmp_path):
     assert probe.mixed > 0 and probe.plain > 0
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize('summary,workers', [('stage', 1),
                                              ('persistent', 0)])
 def test_file_dataset_run_trains_on_mixed_labels(tmp_path, summary, workers):

@@ -16,7 +16,7 @@ from mmpretrain.registry import TRANSFORMS
 from kcd_mm import KCDHook, KCDOptions, KCDState
 from kcd_mm.testing import make_image_folder, tiny_kcd_config
 from kcd_mm.wiring import degenerate_stage
-from helpers import kcd_hook, read_log
+from helpers import kcd_hook, load_checkpoint, read_log
 
 N = 24
 
@@ -162,7 +162,7 @@ def test_resume_under_another_strategy_drops_infobatch_weights(
     cfg = tiny_kcd_config(data_root, max_epochs=4, summary=False,
                           theta=0.8, strategy='infobatch')
     _runner(cfg, work).train()
-    ckpt = torch.load(str(work / 'epoch_2.pth'), weights_only=True)
+    ckpt = load_checkpoint(str(work / 'epoch_2.pth'))
     assert ckpt['kcd_state']['selector']['state']['upweighted'] is not None
     cfg = tiny_kcd_config(data_root, max_epochs=4, summary=False,
                           stage_epochs=1, theta=0.5, num_steps=2)
@@ -172,8 +172,7 @@ def test_resume_under_another_strategy_drops_infobatch_weights(
     assert kcd_hook(runner).state.sample_weights(torch.arange(N)) is None
     assert "written with strategy='infobatch'" in read_log(tmp_path / 'kcd')
     # The resumed run's checkpoints carry none of InfoBatch's state.
-    saved = torch.load(str(tmp_path / 'kcd' / 'epoch_4.pth'),
-                       weights_only=True)['kcd_state']
+    saved = load_checkpoint(str(tmp_path / 'kcd' / 'epoch_4.pth'))['kcd_state']
     assert saved['selector'] == dict(type='kcd', state={})
     assert 'upweighted' not in saved and 'latest' not in saved['bank']
 

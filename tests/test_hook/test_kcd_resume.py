@@ -16,12 +16,12 @@ from mmengine.dataset import worker_init_fn
 
 from kcd_mm import EpochSeedingHook
 from kcd_mm.testing import make_image_folder, tiny_kcd_config, write_config
-from helpers import probe_env, repo_root, run_tool, stage_records
+from helpers import (load_checkpoint, probe_env, repo_root, run_tool,
+                     stage_records)
 
 
 def _final(work_dir, epochs):
-    ckpt = torch.load(osp.join(work_dir, f'epoch_{epochs}.pth'),
-                      weights_only=True)
+    ckpt = load_checkpoint(osp.join(work_dir, f'epoch_{epochs}.pth'))
     return ckpt['state_dict'], ckpt['kcd_state']
 
 
@@ -78,6 +78,7 @@ def _kill_resume_compare(tmp_path, cfg, kill_epoch, resumed_stage):
     assert not differ, f'resumed != uninterrupted: {differ}'
 
 
+@pytest.mark.slow
 def test_killed_mid_stage_then_resumed_equals_uninterrupted(tmp_path):
     data = make_image_folder(str(tmp_path / 'data'), 60, 3, 16)
     cfg = tiny_kcd_config(data, max_epochs=6, stage_epochs=2, theta=0.5)
@@ -86,6 +87,7 @@ def test_killed_mid_stage_then_resumed_equals_uninterrupted(tmp_path):
     _kill_resume_compare(tmp_path, cfg, kill_epoch=4, resumed_stage=1)
 
 
+@pytest.mark.slow
 def test_killed_then_resumed_with_persistent_workers_equals_uninterrupted(
         tmp_path):
     """Two persistent dataloader workers drawing random flips and padded

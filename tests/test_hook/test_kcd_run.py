@@ -10,7 +10,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from kcd_mm.testing import make_image_folder, tiny_kcd_config, write_config
-from helpers import run_tool, stage_records
+from helpers import load_checkpoint, run_tool, stage_records
 
 N, BATCH = 60, 8
 
@@ -21,6 +21,8 @@ def data_root(tmp_path_factory):
     return make_image_folder(str(root), num_images=N, num_classes=3, size=16)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_train_tool_condenses_at_every_boundary(data_root, tmp_path):
     cfg = write_config(tiny_kcd_config(data_root), str(tmp_path / 'kcd.py'))
     work_dir = str(tmp_path / 'work')
@@ -41,7 +43,7 @@ def test_train_tool_condenses_at_every_boundary(data_root, tmp_path):
         assert 0 <= s['estep_seconds'] < 1
     assert 'KCD stage 3 after epoch 3: kept 30/60 (50.0%)' in out
     # Training went on after the last condensation, on 30 samples.
-    ckpt = torch.load(osp.join(work_dir, 'epoch_4.pth'), weights_only=True)
+    ckpt = load_checkpoint(osp.join(work_dir, 'epoch_4.pth'))
     state = ckpt['kcd_state']
     assert state['stage'] == 3 and state['sample_iters'] == 180
     assert state['kept'].numel() == 30
@@ -93,6 +95,8 @@ def test_misconfiguration_stops_before_training(data_root, tmp_path, broken,
     assert runner.iter == 0
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_resume_restores_state_and_keeps_one_record_per_stage(
         data_root, tmp_path):
     cfg = tiny_kcd_config(data_root)
@@ -112,7 +116,7 @@ def test_resume_restores_state_and_keeps_one_record_per_stage(
     assert [s['stage'] for s in resumed] == [1, 2, 3]  # no duplicate
     assert resumed[:2] == full[:2]
     assert resumed[2]['sample_iters'] == 150 and resumed[2]['kept'] == 30
-    ckpt = torch.load(osp.join(work_dir, 'epoch_4.pth'), weights_only=True)
+    ckpt = load_checkpoint(osp.join(work_dir, 'epoch_4.pth'))
     assert ckpt['kcd_state']['sample_iters'] == 180
 
 
@@ -134,6 +138,7 @@ def _resume_on(data_root, tmp_path, work_dir, name, check=True):
                     check=check)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('images, classes, message', [
     (N + 6, 3, f'training set of {N} samples, this run\'s has {N + 6}'),
     # Same size, other labels: a size check alone would miss it.
@@ -148,6 +153,8 @@ def test_resume_with_another_dataset_is_refused(data_root, tmp_path, images,
     assert message in proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_tensorboard_shows_stage_scalars_and_value_histograms(
         data_root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import \
@@ -193,6 +200,8 @@ def test_class_min_keep_protects_every_class(data_root, tmp_path):
         assert per_class.min() >= 10, (name, per_class)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_load_from_starts_kcd_afresh_and_extension_runs_skipped_estep(
         data_root, tmp_path):
     work_dir = _two_epoch_run(data_root, tmp_path)

@@ -14,7 +14,7 @@ from kcd_mm.records import CKPT_KEY, read_snapshots
 from kcd_mm.summary import ImageSummary
 from kcd_mm.testing import (add_kcd, make_image_folder, make_mnist_folder,
                             tiny_kcd_config, tiny_kd_config, use_mnist)
-from helpers import kcd_hook, read_log
+from helpers import kcd_hook, load_checkpoint, read_log
 
 N = 60
 
@@ -78,7 +78,7 @@ def _replay(images, work_dir, stages):
 
 
 def _saved_images(path):
-    saved = torch.load(path, weights_only=True)[CKPT_KEY]['summary']
+    saved = load_checkpoint(path)[CKPT_KEY]['summary']
     assert saved['kind'] == 'images'
     return dict(zip(saved['indices'].tolist(), saved['images'].numpy()))
 
@@ -111,6 +111,7 @@ def test_persistent_images_are_the_reference_and_trained_on(mnist, tmp_path):
     assert 'persistent summary' in read_log(work)
 
 
+@pytest.mark.slow
 def test_persistent_images_survive_a_resume(mnist, tmp_path):
     full = str(tmp_path / 'full')
     Runner.from_cfg(_mnist_cfg(mnist, full)).train()

@@ -12,7 +12,7 @@ from mmengine.runner import Runner
 from kcd_mm.condensation import keep_schedule
 from kcd_mm.records import snapshot_path
 from kcd_mm.testing import make_image_folder, tiny_kcd_config
-from helpers import kcd_hook, stage_records, upweighted_mask
+from helpers import kcd_hook, load_checkpoint, stage_records, upweighted_mask
 
 N, EPOCHS = 60, 8
 SCHEDULE = dict(max_epochs=EPOCHS, theta=0.8, num_steps=2)
@@ -82,10 +82,12 @@ def _kept(work_dir, stage):
 
 
 def _final_state(work_dir):
-    return torch.load(osp.join(work_dir, f'epoch_{EPOCHS}.pth'),
-                      weights_only=True)['kcd_state']
+    path = osp.join(work_dir, f'epoch_{EPOCHS}.pth')
+    return load_checkpoint(path)['kcd_state']
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_random_keeps_kcds_sizes_other_samples_and_resumes(
         data_root, tmp_path):
     kcd_dir, rnd_dir = str(tmp_path / 'kcd'), str(tmp_path / 'random')
@@ -120,6 +122,7 @@ def infobatch_run(data_root, tmp_path_factory):
     return work_dir, probe
 
 
+@pytest.mark.slow
 def test_infobatch_spends_kcds_budget_full_first_and_last(infobatch_run):
     work_dir, probe = infobatch_run
     records = _records(work_dir)
@@ -181,6 +184,7 @@ def test_bad_strategy_name_stops_at_build(data_root, tmp_path):
         _run(data_root, str(tmp_path / 'work'), strategy='info_batch')
 
 
+@pytest.mark.slow
 def test_infobatch_refuses_a_loss_it_cannot_split(data_root, tmp_path):
     """A loss without a per-sample form trains with strategy='kcd' (uniform
     weighting never splits it) but InfoBatch's weights need the split."""

@@ -104,6 +104,8 @@ def _strip_kcd(kcd: Dict, kd: Dict) -> Dict:
     assert ([m for m in imports['imports'] if m != 'kcd_mm'] == [
         m for m in twin_imports.get('imports', []) if m != 'kcd_mm'
     ]), 'custom_imports differ beyond kcd_mm'
+    if twin_imports:  # the twin imports kcd_mm too (its checkpoint hook)
+        cfg['custom_imports'] = twin_imports
 
     # Exactly one KCDHook; the other custom hooks are the twin's.
     hooks = cfg.pop('custom_hooks', [])

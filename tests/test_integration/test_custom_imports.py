@@ -19,7 +19,7 @@ import torch
 from mmengine.config import Config
 
 from kcd_mm.testing import make_imagenet_folder
-from helpers import run_tool, stage_records
+from helpers import load_checkpoint, run_tool, stage_records
 
 MMRAZOR_KD = osp.join('configs', 'distill', 'mmcls', 'kd',
                       'kd_logits_resnet34_resnet18_8xb32_in1k.py')
@@ -101,6 +101,8 @@ def _teacher_checkpoint(path: str) -> str:
     return path
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_mmrazor_config_gains_kcd(tmp_path):
     base = _mmrazor_kd_config()
     with open(base) as f:
@@ -148,9 +150,7 @@ def test_mmrazor_config_gains_kcd(tmp_path):
     assert stage['blended'] == 1 and stage['dropped'] == 1
     assert stage['values_recorded'] == NUM_TRAIN
 
-    ckpt = torch.load(
-        osp.join(work_dir, 'epoch_2.pth'), map_location='cpu',
-        weights_only=True)
+    ckpt = load_checkpoint(osp.join(work_dir, 'epoch_2.pth'))
     assert 'kcd_state' in ckpt
     assert ckpt['kcd_state']['kept'].numel() == NUM_TRAIN - 1
     # Epoch 1 on all 24 samples, epoch 2 on the 23 kept, batch 4.

@@ -13,6 +13,7 @@ override the head), so the data has 3 of them.
 """
 import os.path as osp
 
+import pytest
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
@@ -96,6 +97,8 @@ def test_dkd_config_leaves_dkd_loss_alone():
     assert isinstance(model.teacher, nn.Module)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_dkd_example_trains_with_kcd(tmp_path):
     root = make_imagenet_folder(str(tmp_path / 'imagenet'), NUM_TRAIN, NUM_VAL,
                                 NUM_CLASSES)

@@ -5,6 +5,7 @@ student and its values differ); given equal values the E-step is
 independent of how records were split across ranks, which is what this
 shows with real processes and mmengine's all-reduce.
 """
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -46,6 +47,8 @@ def _worker(rank, world, init_file, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_ranks_equal_one_process(tmp_path):
     out = str(tmp_path / 'state')
     mp.spawn(_worker, args=(2, str(tmp_path / 'init'), out), nprocs=2)
@@ -77,6 +80,8 @@ def _dataset_worker(rank, world, init_file, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_ranks_with_different_datasets_are_refused(tmp_path):
     out = str(tmp_path / 'message')
     mp.spawn(_dataset_worker, args=(2, str(tmp_path / 'init'), out),

@@ -47,6 +47,8 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize('name, summary', [
     ('rkd_r34_r18_imagenet', 'stage'),
     ('ofd_wrn28_wrn16_cifar10', 'persistent'),

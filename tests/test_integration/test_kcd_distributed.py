@@ -34,6 +34,7 @@ def _same_on_both_ranks(ranks, keys, epochs):
     return per_epoch
 
 
+@pytest.mark.slow
 def test_two_ranks_share_one_kcd_state(tmp_path):
     n = 60  # 3 classes, batch 8, 30 per rank: 4 iterations each
     data = make_image_folder(str(tmp_path / 'data'), n, 3, 16)
@@ -62,6 +63,7 @@ def test_two_ranks_share_one_kcd_state(tmp_path):
     assert ranks[0][-1]['final_weights'] == ranks[1][-1]['final_weights']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('strategy, diff_rank_seed', [('random', False),
                                                       ('infobatch', False),
                                                       ('random', True)])
@@ -89,6 +91,8 @@ def test_two_ranks_agree_on_comparison_strategies(strategy, diff_rank_seed,
     assert ranks[0][-1]['final_weights'] == ranks[1][-1]['final_weights']
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_round_up_false_on_two_ranks_is_refused(tmp_path):
     """Uneven shards would hang or abort the ranks' collectives."""
     data = make_image_folder(str(tmp_path / 'data'), 17, 3, 16)
@@ -103,6 +107,8 @@ def test_round_up_false_on_two_ranks_is_refused(tmp_path):
     assert 'KCDSampler(round_up=False) on several ranks' in out.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize('summary', ['stage', 'persistent'])
 def test_summary_blends_in_persistent_workers(tmp_path, summary):
     """Pairs (stage) and terms (persistent, a file dataset) set by the hook
@@ -134,6 +140,7 @@ def test_summary_blends_in_persistent_workers(tmp_path, summary):
         assert 9 <= counts[1][0] and counts[2][0] > 9
 
 
+@pytest.mark.slow
 def test_two_ranks_share_one_persistent_summary(tmp_path):
     """summary='persistent' on an in-memory dataset: both ranks hold the
     same blended images after every E-step, and hand out the same keys;

@@ -9,7 +9,7 @@
 * MMRazor configs written for mmcls 1.x (``_scope_='mmcls'``, ``mmcls.X``
   types, ``PackClsInputs``, classes of mmrazor derived from mmcls ones)
   build their models and datasets: OFD's WRN models, BYOT, CRD, DeiT
-  (kcd_mm.compat's ``_mmcls_*`` shims). Only local, randomly initialised
+  (``kcd_mm.compat.mmcls_alias``). Only local, randomly initialised
   weights: ``pretrained`` off, no teacher checkpoint, datasets built with
   ``lazy_init`` (no CIFAR or ImageNet here) and their pipelines run on
   generated images.
@@ -85,6 +85,7 @@ def test_hook_costs_a_process_without_mmrazor_nothing():
     assert HOOK not in off['hooks'] and off['modules'] == []
 
 
+@pytest.mark.slow
 def test_importing_mmrazor_first_applies_kcd_mm_compat():
     out = _python(
         'import sys, mmrazor.models, mmrazor; import kcd_mm.compat as c; '
@@ -98,6 +99,7 @@ def test_importing_mmrazor_first_applies_kcd_mm_compat():
     ], out.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_a_broken_kcd_mm_is_one_line_naming_tools_train(tmp_path):
     # A kcd_mm that fails to import, found first on sys.path.
     broken = tmp_path / 'kcd_mm'
@@ -133,6 +135,8 @@ def _teacher_checkpoint(path: str, num_classes: int) -> str:
     return path
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_mmrazor_train_runs_a_kcd_config(tmp_path):
     root = make_image_folder(str(tmp_path / 'images'), num_images=24,
                              num_classes=3, size=16)
@@ -178,6 +182,8 @@ default_hooks = dict(logger=dict(interval=1))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_mmrazor_train_runs_a_stock_mmrazor_kd_config(tmp_path):
     from mmengine.hub import get_model
     root = make_imagenet_folder(str(tmp_path / 'imagenet'), 8, 4, 3)

@@ -285,6 +285,7 @@ def _params(status):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('entry', _params(TRAINS))
 def test_zoo_config_trains_with_kcd(entry, tmp_path):
     folder = _write(entry, tmp_path)
@@ -318,6 +319,7 @@ def test_zoo_config_trains_with_kcd(entry, tmp_path):
         assert stage['degenerate'] is not None, stage
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('entry', _params(REFUSED))
 def test_zoo_data_free_config_is_refused(entry, tmp_path):
     folder = _write(entry, tmp_path)

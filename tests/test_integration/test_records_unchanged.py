@@ -22,6 +22,7 @@ from mmengine.runner import Runner
 
 from kcd_mm.records import CKPT_KEY, read_records
 from kcd_mm.testing import make_image_folder, tiny_kcd_config
+from helpers import load_checkpoint
 
 FIXTURES = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
                     'fixtures')
@@ -77,6 +78,7 @@ def _assert_same(got, want, rel=1e-4):
                 assert g[key] == value, key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arm', sorted(ARMS))
 def test_records_and_old_checkpoints_are_unchanged(arm, data_root,
                                                    tmp_path):
@@ -87,9 +89,8 @@ def test_records_and_old_checkpoints_are_unchanged(arm, data_root,
     _assert_same(_train(data_root, work, **ARMS[arm]), want, rel)
 
     # The same epoch-2 checkpoint, carrying the old code's KCD state.
-    ckpt = torch.load(osp.join(work, 'epoch_2.pth'), weights_only=True)
-    old = torch.load(osp.join(FIXTURES, f'kcd_state_v2_{arm}_epoch2.pth'),
-                     weights_only=True)
+    ckpt = load_checkpoint(osp.join(work, 'epoch_2.pth'))
+    old = load_checkpoint(osp.join(FIXTURES, f'kcd_state_v2_{arm}_epoch2.pth'))
     assert old['version'] == 2 and ckpt[CKPT_KEY]['version'] == 4
     ckpt[CKPT_KEY] = old
     resumed = str(tmp_path / 'resumed')
@@ -97,8 +98,8 @@ def test_records_and_old_checkpoints_are_unchanged(arm, data_root,
     torch.save(ckpt, path)
     _assert_same(_train(data_root, resumed, resume_from=path, **ARMS[arm]),
                  want, rel)
-    final = torch.load(osp.join(work, 'epoch_4.pth'), weights_only=True)
-    again = torch.load(osp.join(resumed, 'epoch_4.pth'), weights_only=True)
+    final = load_checkpoint(osp.join(work, 'epoch_4.pth'))
+    again = load_checkpoint(osp.join(resumed, 'epoch_4.pth'))
     assert torch.equal(final[CKPT_KEY]['kept'], again[CKPT_KEY]['kept'])
     assert _same_tree(final[CKPT_KEY]['selector'],
                       again[CKPT_KEY]['selector'])

@@ -20,7 +20,7 @@ from kcd_mm.records import (SNAPSHOT_DIR, check_consistency, read_records,
                             read_snapshots)
 from kcd_mm.testing import make_image_folder, tiny_kcd_config, write_config
 import helpers
-from helpers import run_tool, stage_records
+from helpers import load_checkpoint, run_tool, stage_records
 
 N, BATCH, CLASSES, EPOCHS = 60, 8, 3, 4
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -48,6 +48,8 @@ def _class_of(path):
 
 
 # ------------------------------------------------------------ plot_kcd
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_plot_kcd_writes_four_readable_pngs(run):
     from PIL import Image
     work_dir, _ = run
@@ -201,6 +203,8 @@ def _section(lines, title_start):
     return rows
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_inspect_kcd_table_and_dropped_files(run):
     work_dir, _ = run
     out = run_tool(['tools/analysis/inspect_kcd.py', work_dir, '--top', '5',
@@ -281,6 +285,8 @@ def test_damaged_snapshots_are_skipped_and_the_tools_go_on(
     assert sorted(os.listdir(plots)) == sorted(PLOTS)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_killed_while_writing_a_snapshot_leaves_no_half_one(tmp_path):
     data = make_image_folder(str(tmp_path / 'images'), num_images=48,
                              num_classes=CLASSES, size=16)
@@ -319,6 +325,8 @@ def _final_val_accuracy(train_out):
     return float(found[-1])
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_student_checkpoint_and_config(run, tmp_path):
     from mmengine.config import Config
     from mmengine.registry import MODELS, DefaultScope
@@ -334,9 +342,9 @@ def test_student_checkpoint_and_config(run, tmp_path):
     ]).stdout
     assert 'every key loads' in out
 
-    saved = torch.load(dst, map_location='cpu', weights_only=True)
+    saved = load_checkpoint(dst)
     assert set(saved) == {'meta', 'state_dict'}
-    full = torch.load(src, map_location='cpu', weights_only=True)
+    full = load_checkpoint(src)
     student_keys = [k for k in full['state_dict']
                     if k.startswith('architecture.')]
     assert sorted(saved['state_dict']) == sorted(

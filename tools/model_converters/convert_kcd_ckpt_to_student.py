@@ -195,12 +195,13 @@ def write_student_config(kcd_config: str, out_config: str) -> dict:
 
 def check_loads(student_cfg: dict, checkpoint: str) -> None:
     """Build the student from its config; load the weights strictly."""
-    import torch
     from mmengine.registry import MODELS, DefaultScope
+
+    from kcd_mm.compat.safe_loading import load
     with DefaultScope.overwrite_default_scope(student_cfg['default_scope']):
         model = MODELS.build(copy.deepcopy(student_cfg['model']))
-    state = torch.load(checkpoint, map_location='cpu',
-                       weights_only=True)['state_dict']
+    state = load(checkpoint, map_location='cpu',
+                 weights_only=True)['state_dict']
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(

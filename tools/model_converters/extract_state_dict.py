@@ -15,7 +15,7 @@ checkpoint so that it can serve as a plain classifier.
 """
 import argparse
 
-import kcd_mm.compat  # noqa: F401  (stack shims, incl. safe-load globals)
+import kcd_mm.compat  # noqa: F401  (the stack's import fixes)
 from kcd_mm.export import extract
 
 
