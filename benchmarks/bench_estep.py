@@ -30,7 +30,7 @@ import time
 import torch
 
 import kcd_mm  # noqa: F401
-from kcd_mm.state import KCDOptions, KCDState
+from kcd_mm.core.state import KCDOptions, KCDState
 
 STAGE_EPOCHS = 16  # where the E-step runs; any boundary does
 

@@ -22,7 +22,7 @@ mmengine's Runner builds it) whose sampler yields the keys, once with each
   0.95 N kept), the rest integers;
 - ``persistent@s``: the wrapper, a share ``s`` of the keys
   ``(i, ((j, w), ...))`` (``summary='persistent'`` on a file dataset).
-  Their terms are drawn from a :class:`kcd_mm.summary.TermSummary`
+  Their terms are drawn from a :class:`kcd_mm.core.summary.TermSummary`
   (``--max-terms``) run over the reference's five E-steps on
   ``--sim-samples`` simulated samples (values correlated across stages by
   ``--persistence``; dropped samples last), taken from the simulated stage
@@ -65,10 +65,10 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.dataset import pseudo_collate  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 
-from kcd_mm.condensation import (condense, next_keep_size,  # noqa: E402
-                                 rank_samples)
+from kcd_mm.core.condensation import (condense, next_keep_size,  # noqa: E402
+                                      rank_samples)
+from kcd_mm.core.summary import TermSummary, reference_lams  # noqa: E402
 from kcd_mm.dataset import KnowledgeSummaryDataset  # noqa: E402
-from kcd_mm.summary import TermSummary, reference_lams  # noqa: E402
 
 DEFAULT_CONFIG = osp.join(ROOT, 'configs', 'kcd', 'kcd_r34_r18_imagenet.py')
 RESULTS = osp.join(ROOT, 'benchmarks', 'results')
@@ -157,7 +157,7 @@ def simulate_terms(num_samples: int, max_terms: int, persistence: float,
 
     Each stage a sample's value is ``sqrt(p) z + sqrt(1 - p) e`` (``z``
     fixed per sample, ``e`` fresh); dropped samples have no visits, so
-    they rank last, as in :func:`kcd_mm.condensation.cost_aware_scores`.
+    they rank last, as in :func:`kcd_mm.core.condensation.cost_aware_scores`.
     Returns per E-step the carrying-blend share of the kept set, the term
     count histogram and each carrier's terms as ``(own, weight)`` pairs.
     """

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from kcd_mm.condensation import boundary_epochs, keep_schedule  # noqa: E402
+from kcd_mm.core import condensation  # noqa: E402
 
 
 @dataclass
@@ -163,8 +163,9 @@ def budget_ratio(n: int, theta: float, num_steps: int, stage_epochs: int,
     Returns:
         float: Samples trained on with KCD over ``n * epochs``.
     """
-    return sum(keep_schedule(n, theta, num_steps, stage_epochs,
-                             epochs)) / (n * epochs)
+    sizes = condensation.keep_schedule(n, theta, num_steps, stage_epochs,
+                                       epochs)
+    return sum(sizes) / (n * epochs)
 
 
 @functools.lru_cache(maxsize=None)  # plan_arms asks again per arm
@@ -192,7 +193,7 @@ def choose_schedule(n: int, epochs: int, stage_epochs: int, target: float,
         tuple: ``(theta, num_steps, ratio)``, ``ratio`` as
         :func:`budget_ratio` gives it.
     """
-    steps = max(len(boundary_epochs(stage_epochs, epochs)), 1)
+    steps = max(len(condensation.boundary_epochs(stage_epochs, epochs)), 1)
     thetas = [round(min_theta + 0.001 * i, 3)
               for i in range(int(round((1 - min_theta) / 0.001)) + 1)]
     best = None

@@ -13,13 +13,14 @@ import mmrazor.models  # noqa: F401,E402  (registers the stock distill losses)
 
 from .compat.cpu_amp import CPUBF16AmpOptimWrapper  # noqa: E402
 from .compat.mmengine_checkpoints import AtomicCheckpointHook  # noqa: E402
+from .core import per_sample  # noqa: E402,F401  (kcd_mm.per_sample.register)
+from .core.options import KCDOptions  # noqa: E402
+from .core.state import KCDState  # noqa: E402
 from .dataset import KnowledgeSummaryDataset  # noqa: E402
 from .hook import KCDHook  # noqa: E402
 from .loss import ValueWeightedLoss  # noqa: E402
-from .options import KCDOptions  # noqa: E402
 from .sampler import KCDSampler  # noqa: E402
 from .seeding import EpochSeedingHook  # noqa: E402
-from .state import KCDState  # noqa: E402
 
 __version__ = '0.1.0'
 __all__ = [

@@ -2,21 +2,14 @@
 
 The reference blends dropped images into kept ones in an in-memory uint8
 array, and blends again on top at later stages. That cannot scale to file
-datasets, so here the summary (:mod:`kcd_mm.summary`) decides each kept
+datasets, so here the summary (:mod:`kcd_mm.core.summary`) decides each kept
 sample's image and the sampler hands it over in the sample's key; the
 wrapper loads the image(s) with the dataset's own loading transforms,
 applies the blend to the pixels before any augmentation, and runs the rest
 of the pipeline. The sample keeps its own label and ``sample_idx`` (with
 ``KCDHook(blend_label='mix')`` it also gets a ``gt_score``, the mix of its
-images' labels, which mmpretrain's heads train on). Keys:
-
-* ``index``: the sample as it is;
-* ``(index, partner, lam)``: ``summary='stage'``, blended from raw images;
-* ``(index, image)``: ``summary='persistent'`` on an in-memory dataset,
-  the sample's current (blended) uint8 image (``(index, image, terms)``
-  with ``blend_label='mix'``: also what it is made of);
-* ``(index, ((j, w), ...))``: ``summary='persistent'`` on a file dataset,
-  the image ``sum_j w * original_j``.
+images' labels, which mmpretrain's heads train on). The key forms are
+:mod:`kcd_mm.core.sample_key`'s.
 """
 import copy
 from typing import Any, Optional, Union
@@ -28,9 +21,9 @@ from mmcv.image import imresize
 from mmengine.dataset import BaseDataset, Compose, ConcatDataset
 from mmrazor.registry import DATASETS
 
+from .core.sample_key import decode, image_of, index_of, terms_of
 from .labels import gt_labels
 from .seeding import SampleSeeding
-from .summary import key_terms
 
 
 def _is_loading(transform: Any) -> bool:
@@ -265,28 +258,27 @@ class KnowledgeSummaryDataset:
         self._seeding.set_epoch_seed(seed)
 
     def __getitem__(self, key: Union[int, tuple]) -> Any:
-        idx = int(key[0] if isinstance(key, tuple) else key)
-        return self._seeding.seeded(idx, lambda: self._item(key))
+        return self._seeding.seeded(index_of(key),
+                                    lambda: self._item(key))
 
     def _item(self, key: Union[int, tuple]) -> Any:
         out = self._sample(key)
         if self.num_mixed_classes is None:
             return out
-        idx, extra = (key[0], key[1:]) if isinstance(key, tuple) else (key,
-                                                                       ())
-        return self._with_score(out, key_terms(int(idx), extra))
+        return self._with_score(out, terms_of(*decode(key)))
 
     def _sample(self, key: Union[int, tuple]) -> Any:
         self._used_terms = None  # set where the terms of key do not hold
-        if not isinstance(key, tuple):
-            return self._whole(key)
-        idx = key[0]
-        if isinstance(key[1], np.ndarray):  # persistent, in memory
+        idx, payload = decode(key)
+        if not payload:
+            return self._whole(idx)
+        image = image_of(payload)
+        if image is not None:  # persistent, in memory
             results = self._loaded(idx)
             if results is not None:
-                results['img'] = key[1].copy()
+                results['img'] = image.copy()
         else:  # a stage pair, or a file dataset's persistent terms
-            results = self._combined(idx, key_terms(idx, key[1:]))
+            results = self._combined(idx, terms_of(idx, payload))
         out = None if results is None else self._augment(results)
         return self._whole(idx) if out is None else out
 

@@ -14,15 +14,15 @@ from mmengine.hooks import Hook
 from mmrazor.registry import HOOKS
 
 from .compat.mmengine_checkpoints import latest_checkpoint, make_atomic
-from .condensation import iterations_per_epoch
+from .core.condensation import iterations_per_epoch
+from .core.options import KCDOptions
+from .core.state import KCDState
+from .core.values import get_value_measure
 from .labels import class_count, fingerprint
-from .options import KCDOptions
 from .records import (CKPT_KEY, RECORD_FILE, RecordWriter, StageRecord,
                       check_record_file)
 from .seeding import EpochSeedingHook
-from .state import KCDState
 from .tap import LogitsTap
-from .values import get_value_measure
 from .wiring import (batch_ids, check_first_batch, check_loss_inputs,
                      check_not_data_free, check_same_dataset_on_ranks,
                      check_setup, check_single_hook, class_labels,
@@ -56,7 +56,7 @@ class KCDHook(Hook):
     * carries :class:`KCDState` in and out of every checkpoint.
 
     ``strategy`` swaps the selection for a comparison at KCD's sample
-    budget (see :mod:`kcd_mm.selection`): ``'random'`` keeps random
+    budget (see :mod:`kcd_mm.core.selection`): ``'random'`` keeps random
     subsets of KCD's sizes at the same boundaries; ``'infobatch'`` prunes
     every epoch and hands each batch's loss weights to the
     :class:`ValueWeightedLoss` (which rescales the wrapped distill loss

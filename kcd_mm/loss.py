@@ -10,7 +10,7 @@ per-sample losses weighted by normalised value (``weighting='value'``).
 When :class:`KCDHook` passes per-sample loss weights with the batch
 (``strategy='infobatch'``: 1 / (1 - r) on the kept below-mean samples),
 the loss is ``mean(weight * per-sample loss)``, split by the rules of
-:mod:`kcd_mm.per_sample`. Only this wrapped distill loss is rescaled: the
+:mod:`kcd_mm.core.per_sample`. Only this wrapped distill loss is rescaled: the
 student's own CE is computed inside the student's head, out of reach, so
 it stays a plain mean over the (pruned) batch.
 """
@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 from mmrazor.registry import MODELS
 
-from . import per_sample as splits
-from .values import get_value_measure
+from .core import per_sample as splits
+from .core.values import get_value_measure
 
 _WEIGHTINGS = ('uniform', 'value')
 _SPLITS = (None, 'vmap')
@@ -42,7 +42,7 @@ class ValueWeightedLoss(nn.Module):
             ``dict(type='KLDivergence', tau=4, loss_weight=0.9)``.
         value (str): knowledge value measure: ``'entropy'`` (student
             entropy, the reference), ``'teacher_kl'``, ``'ce'`` or
-            ``'margin'``. See :mod:`kcd_mm.values`.
+            ``'margin'``. See :mod:`kcd_mm.core.values`.
         weighting (str): ``'uniform'`` returns the wrapped loss as is;
             ``'value'`` weights per-sample losses by value / mean value.
         per_sample (str, optional): how to split a loss kcd_mm has no rule
@@ -110,7 +110,7 @@ class ValueWeightedLoss(nn.Module):
             f'per-sample losses, and kcd_mm knows no per-sample form of '
             f'{name}. Known logits losses: {splits.known_losses()}. Fix: '
             'wrap one of those, register a rule with '
-            '@kcd_mm.per_sample.register(' + repr(name) + '), set '
+            '@kcd_mm.core.per_sample.register(' + repr(name) + '), set '
             "per_sample='vmap' if the loss is a mean over samples of class "
             "logits, or use weighting='uniform' with strategy='kcd' or "
             "'random' (they never split the loss).")

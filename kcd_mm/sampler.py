@@ -1,12 +1,12 @@
 """KCDSampler: mmengine's DefaultSampler over the current kept set."""
 import math
-from typing import Dict, Iterator, Optional, Sized, Tuple, Union
+from typing import Dict, Iterator, Optional, Sized
 
 import torch
 from mmengine.dataset import DefaultSampler
 from mmrazor.registry import DATA_SAMPLERS
 
-SampleKey = Union[int, Tuple]
+from .core.sample_key import SampleKey, encode
 
 
 @DATA_SAMPLERS.register_module()
@@ -15,8 +15,8 @@ class KCDSampler(DefaultSampler):
     but over the kept set that :class:`KCDHook` hands it at each E-step.
 
     A kept sample the knowledge summary changes is yielded as
-    ``(index, *payload)`` for :class:`KnowledgeSummaryDataset` (the key
-    forms are listed in :mod:`kcd_mm.dataset`); the sampler runs in the
+    its key (:mod:`kcd_mm.core.sample_key`) for
+    :class:`KnowledgeSummaryDataset`; the sampler runs in the
     main process, so this reaches the dataset copies in persistent workers
     too. Before the first E-step it is exactly a
     DefaultSampler over the whole dataset.
@@ -87,6 +87,5 @@ class KCDSampler(DefaultSampler):
         indices = indices[self.rank:self.total_size:self.world_size]
         if self._payloads:
             get = self._payloads.get
-            indices = [(i, ) + get(i) if i in self._payloads else i
-                       for i in indices]
+            indices = [encode(i, get(i)) for i in indices]
         return iter(indices)

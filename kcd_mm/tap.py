@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .values import get_value_measure
+from .core.values import get_value_measure
 
 
 def model_parts(model) -> Tuple[nn.Module, Optional[nn.Module]]:
@@ -80,7 +80,7 @@ class LogitsTap:
 
     Args:
         model (nn.Module): the Runner's model (distiller or classifier).
-        value (str): the value measure (see :mod:`kcd_mm.values`).
+        value (str): the value measure (see :mod:`kcd_mm.core.values`).
         classifier (str, optional): the student's classifier, as a module
             path relative to the student; None finds it.
     """

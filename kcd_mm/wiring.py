@@ -14,11 +14,12 @@ from mmengine.dataset import ClassBalancedDataset, ConcatDataset, RepeatDataset
 from mmengine.dist import all_gather_object, broadcast
 from mmengine.runner import EpochBasedTrainLoop
 
-from .condensation import iterations_per_epoch, keep_schedule
+from .core.condensation import iterations_per_epoch, keep_schedule
+from .core.options import KCDOptions
+from .core.sample_key import index_of
 from .dataset import KnowledgeSummaryDataset
 from .labels import dataset_labels
 from .loss import ValueWeightedLoss
-from .options import KCDOptions
 from .sampler import KCDSampler
 from .tap import find_classifier_in, model_parts
 
@@ -305,7 +306,7 @@ def check_first_batch(sampler, sample_idx: torch.Tensor) -> None:
     numbers them otherwise would value and keep the wrong samples. Half
     of them in place passes (see the comment below)."""
     keys = list(iter(sampler))[:sample_idx.numel()]
-    want = [k[0] if isinstance(k, tuple) else k for k in keys]
+    want = [index_of(k) for k in keys]
     # mmengine's BaseDataset replaces a sample it cannot load (an
     # unreadable file with ignore_empty=True) by a random other one, with
     # that one's sample_idx: a few such positions are not a renumbering,

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from kcd_mm.bank import KnowledgeBank
-from kcd_mm.condensation import cost_aware_scores
+from kcd_mm.core.bank import KnowledgeBank
+from kcd_mm.core.condensation import cost_aware_scores
 
 
 def test_bank_matches_brute_force_history():

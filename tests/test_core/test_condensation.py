@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from kcd_mm.condensation import (boundary_epochs, condense, cost_aware_scores,
-                                 iterations_per_epoch, keep_schedule,
-                                 next_keep_size, rank_samples)
+from kcd_mm.core.condensation import (boundary_epochs, condense,
+                                      cost_aware_scores, iterations_per_epoch,
+                                      keep_schedule, next_keep_size,
+                                      rank_samples)
 
 
 def test_reference_cifar100_schedule():
@@ -96,7 +97,7 @@ def test_estep_fast_at_imagenet_scale():
 
 
 def test_class_balance_keeps_a_minimum_of_every_class():
-    from kcd_mm.condensation import balance_classes
+    from kcd_mm.core.condensation import balance_classes
 
     # 10 samples ranked 0..9; class 1 = {6, 7, 8, 9} all below a cut at 6.
     order = torch.arange(10)

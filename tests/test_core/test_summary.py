@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from kcd_mm.condensation import Condensation
-from kcd_mm.summary import (ImageSummary, StageSummary, TermSummary,
-                            blend_uint8, compose_terms, reference_lams)
+from kcd_mm.core.condensation import Condensation
+from kcd_mm.core.summary import (ImageSummary, StageSummary, TermSummary,
+                                 blend_uint8, compose_terms, reference_lams)
 
 
 def _reference_step(data: torch.Tensor, tail, lost) -> None:
@@ -155,8 +155,8 @@ def test_a_kind_mismatch_on_resume_is_refused():
 
 
 def _state(summary, n=20):
-    from kcd_mm.options import KCDOptions
-    from kcd_mm.state import KCDState
+    from kcd_mm.core.options import KCDOptions
+    from kcd_mm.core.state import KCDState
     options = KCDOptions(stage_epochs=1, theta=0.5, num_steps=2,
                          summary=summary)
     return KCDState(n, options, max_epochs=3, in_memory=True)
@@ -185,7 +185,7 @@ def test_a_persistent_state_resumed_under_another_mode_says_so():
 
 
 def test_older_states_read_summary_true_as_the_stage_summary():
-    from kcd_mm.state import upgrade_state
+    from kcd_mm.core.state import upgrade_state
     old = dict(version=3, options=dict(summary=True, theta=0.7), bank={},
                selector=dict(type='kcd', state={}))
     new = upgrade_state(old)

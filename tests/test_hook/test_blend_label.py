@@ -12,9 +12,10 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from kcd_mm import KCDHook
-from kcd_mm.condensation import Condensation
-from kcd_mm.options import KCDOptions
-from kcd_mm.summary import ImageSummary, key_terms
+from kcd_mm.core.condensation import Condensation
+from kcd_mm.core.options import KCDOptions
+from kcd_mm.core.sample_key import terms_of
+from kcd_mm.core.summary import ImageSummary
 from kcd_mm.testing import (add_kcd, make_image_folder, make_mnist_folder,
                             tiny_kcd_config, tiny_kd_config, use_mnist)
 from helpers import kcd_hook
@@ -63,13 +64,13 @@ def test_image_terms_say_what_each_persistent_image_is_made_of():
 
 
 def test_key_terms_of_every_key_form():
-    assert key_terms(3, ()) == ((3, 1.0), )
-    assert key_terms(3, (7, 0.75)) == ((3, 0.75), (7, 0.25))
+    assert terms_of(3, ()) == ((3, 1.0), )
+    assert terms_of(3, (7, 0.75)) == ((3, 0.75), (7, 0.25))
     img = np.zeros((2, 2), np.uint8)
-    assert key_terms(3, (img, ((3, 0.8), (9, 0.2)))) == ((3, 0.8), (9, 0.2))
-    assert key_terms(3, (((3, 0.6), (1, 0.4)), )) == ((3, 0.6), (1, 0.4))
+    assert terms_of(3, (img, ((3, 0.8), (9, 0.2)))) == ((3, 0.8), (9, 0.2))
+    assert terms_of(3, (((3, 0.6), (1, 0.4)), )) == ((3, 0.6), (1, 0.4))
     with pytest.raises(ValueError, match='composition'):
-        key_terms(3, (img, ))
+        terms_of(3, (img, ))
 
 
 def test_bad_blend_label_is_refused_before_training():
@@ -97,7 +98,7 @@ class ScoreProbe(Hook):
         dataset = runner.train_dataloader.dataset
         for sample in data_batch['data_samples']:
             idx = sample.sample_idx
-            terms = key_terms(idx, self._payloads.get(idx, ()))
+            terms = terms_of(idx, self._payloads.get(idx, ()))
             want = torch.zeros(3)
             for j, w in terms:
                 want[dataset._label_of(j)] += w

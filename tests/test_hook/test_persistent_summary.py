@@ -9,9 +9,9 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from kcd_mm.condensation import Condensation
+from kcd_mm.core.condensation import Condensation
+from kcd_mm.core.summary import ImageSummary
 from kcd_mm.records import CKPT_KEY, read_snapshots
-from kcd_mm.summary import ImageSummary
 from kcd_mm.testing import (add_kcd, make_image_folder, make_mnist_folder,
                             tiny_kcd_config, tiny_kd_config, use_mnist)
 from helpers import kcd_hook, load_checkpoint, read_log

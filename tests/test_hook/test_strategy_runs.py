@@ -9,7 +9,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from kcd_mm.condensation import keep_schedule
+from kcd_mm.core.condensation import keep_schedule
 from kcd_mm.records import snapshot_path
 from kcd_mm.testing import make_image_folder, tiny_kcd_config
 from helpers import kcd_hook, load_checkpoint, stage_records, upweighted_mask

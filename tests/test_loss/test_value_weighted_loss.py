@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from mmrazor.registry import MODELS as _MODELS
 
 import kcd_mm  # noqa: F401  (compat + registration)
-from kcd_mm import per_sample
-from kcd_mm.values import get_value_measure, student_entropy
+from kcd_mm.core import per_sample
+from kcd_mm.core.values import get_value_measure, student_entropy
 
 B, C = 12, 7
 WRAPPED = [

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from kcd_mm import analysis  # noqa: E402
-from kcd_mm.condensation import rank_samples  # noqa: E402
+from kcd_mm.core.condensation import rank_samples  # noqa: E402
 from kcd_mm.records import (RECORD_FILE, SNAPSHOT_DIR,  # noqa: E402
                             check_consistency, read_records, read_snapshots)
 

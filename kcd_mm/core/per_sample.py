@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import LOSS_SPLITS
+from ..registry import LOSS_SPLITS
 
 PerSampleFn = Callable[..., torch.Tensor]
 

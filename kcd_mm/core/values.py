@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .registry import VALUE_MEASURES
+from ..registry import VALUE_MEASURES
 
 
 def value_measure(name: str, needs_teacher: bool, needs_labels: bool

@@ -14,11 +14,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ..labels import fingerprint_scheme, same_dataset
+from ..records import StageRecord
 from .bank import KnowledgeBank, ReduceFn
 from .condensation import Condensation
-from .labels import fingerprint_scheme, same_dataset
 from .options import KCDOptions
-from .records import StageRecord
 from .selection import build_selector
 from .summary import StageSummary, build_summary
 

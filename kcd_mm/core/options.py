@@ -9,9 +9,9 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Tuple, Union
 
+from ..registry import SELECTORS
 from . import selection  # noqa: F401  (registers the built-in selectors)
 from .condensation import check_lam_range
-from .registry import SELECTORS
 from .summary import BLENDING_MODES
 
 

@@ -24,11 +24,11 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ..registry import SELECTORS
 from .bank import EpochDelta, KnowledgeBank
 from .condensation import (Condensation, balance_classes, boundary_epochs,
                            condense, cost_aware_scores, keep_schedule,
                            next_keep_size, rank_samples)
-from .registry import SELECTORS
 from .strategies import (full_tail_epochs, infobatch_prune, infobatch_sizes,
                          random_order, seeded_generator)
 

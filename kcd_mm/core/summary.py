@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from .condensation import Condensation
+from .sample_key import Terms
 
 #: ``KCDHook(summary=...)`` values that blend.
 BLENDING_MODES = ('persistent', 'stage')
-Terms = Tuple[Tuple[int, float], ...]  # ((original index, weight), ...)
 
 
 def reference_lams(num_pairs: int,
@@ -331,22 +331,3 @@ def build_summary(mode, in_memory: bool, lam_range: Tuple[float, float],
             return ImageSummary(lam_range, track_terms=mixed_labels)
         return TermSummary(lam_range, max_terms)
     return None
-
-
-def key_terms(index: int, extra: tuple) -> Terms:
-    """The original images, with weights, that a sampler key's image is
-    made of (``extra``: the key after its index): what a blended sample's
-    mixed label (``blend_label='mix'``) is composed of."""
-    if not extra:
-        return ((index, 1.0), )
-    if len(extra) == 2 and not isinstance(extra[0], np.ndarray):
-        partner, lam = extra  # summary='stage'
-        return ((index, float(lam)), (int(partner), 1.0 - float(lam)))
-    if isinstance(extra[0], np.ndarray):  # persistent, in memory
-        if len(extra) < 2:
-            raise ValueError(
-                f'KCD: sample {index} arrives as an image without its '
-                "composition, so blend_label='mix' cannot label it; the "
-                "summary must be built with blend_label='mix' as well.")
-        return tuple(extra[1])
-    return tuple(extra[0])  # persistent, file dataset
