@@ -38,7 +38,13 @@ ARMS = dict(
     kcd_stage=('kcd', dict(summary='stage')),
     kcd_prune=('kcd', dict(summary=False)),
     random=('kcd', dict(strategy='random')),
-    infobatch=('kcd', dict(strategy='infobatch')))
+    infobatch=('kcd', dict(strategy='infobatch')),
+    per_epoch_random=('kcd', dict(strategy='per_epoch_random')),
+    # The efficiency test's arms (issue 21), all from the 60k teacher.
+    random_60k=('kcd', dict(strategy='random')),
+    per_epoch_random_60k=('kcd', dict(strategy='per_epoch_random')),
+    infobatch_60k=('kcd_infobatch', dict(strategy='infobatch',
+                                         infobatch_ratio=0.5)))
 # The main arms of a mode that does not list its own.
 DEMO_ARMS = ('student', 'kd', 'kcd', 'kcd_prune', 'random', 'infobatch')
 # Arms' own --cfg-options: KD (and KCD) from the demo's w16 teacher (all
@@ -48,15 +54,21 @@ _TEACHER_60K = {
     'model.teacher.backbone.base_channels': 16,
     'model.teacher.head.in_channels': 128,
     'model.teacher_ckpt': TEACHER}
-ARM_CFG = dict(kd_60k=_TEACHER_60K, kcd_60k=_TEACHER_60K)
+ARM_CFG = {arm: _TEACHER_60K for arm in (
+    'kd_60k', 'kcd_60k', 'random_60k', 'per_epoch_random_60k',
+    'infobatch_60k')}
 # The arm each is compared with seed by seed (others: KD): same teacher.
-PAIR_BASE = dict(kcd_60k='kd_60k')
+PAIR_BASE = {arm: 'kd_60k' for arm in ARM_CFG if arm != 'kd_60k'}
 LABELS = dict(
     student='1 student alone', kd='2 KD', kd_60k='2b KD, 60k-image teacher',
     kcd='3 KD+KCD', kcd_60k='3c KD+KCD, 60k-image teacher',
     kcd_stage='3b KD+KCD, stage summary',
     kcd_prune='4 KCD prune-only', random='5 random, KCD budget',
-    infobatch='6 InfoBatch, KCD budget')
+    infobatch='6 InfoBatch, KCD budget',
+    per_epoch_random='7 per-epoch random, KCD budget',
+    random_60k='5c random, KCD budget, 60k-image teacher',
+    per_epoch_random_60k='7c per-epoch random, KCD budget, 60k teacher',
+    infobatch_60k='6c InfoBatch r=0.5, 60k-image teacher')
 REFERENCE = dict(theta=0.7, num_steps=6)  # the configs' (reference) values
 
 
@@ -114,7 +126,7 @@ def plan_arms(mode: Mode) -> List[Arm]:
         extra = ARMS[arm][1]
         for seed in mode.seeds.get(arm, (0, )):
             hook = {}
-            if ARMS[arm][0] == 'kcd':
+            if ARMS[arm][0].startswith('kcd'):
                 hook = dict(stage_epochs=mode.stage_epochs, **extra)
             arms.append(Arm(f'{arm}_s{seed}', arm, seed, None, hook,
                             cfg=dict(ARM_CFG.get(arm, {})),
@@ -130,7 +142,8 @@ def plan_arms(mode: Mode) -> List[Arm]:
             for seed in seeds:
                 arms.append(
                     Arm(f'{arm}_b{round(100 * budget)}_s{seed}', arm, seed,
-                        budget, hook, config=config(arm)))
+                        budget, hook, cfg=dict(ARM_CFG.get(arm, {})),
+                        config=config(arm)))
     for variant, budget, cfg in mode.ablations:
         stage_epochs = int(cfg.get('custom_hooks.0.stage_epochs',
                                    mode.stage_epochs))
@@ -153,7 +166,8 @@ def plan_arms(mode: Mode) -> List[Arm]:
 
 def cfg_options(arm: Arm, mode: Mode) -> List[str]:
     """--cfg-options of an arm: data split, schedule, seed, teacher, KCD."""
-    wrapped = ARMS[arm.arm][0] == 'kcd'  # in KnowledgeSummaryDataset
+    # In KnowledgeSummaryDataset (every KCDHook config here wraps it).
+    wrapped = ARMS[arm.arm][0].startswith('kcd')
     train_ds = 'train_dataloader.dataset' + ('.dataset' if wrapped else '')
     opts = {
         f'{train_ds}.indices': mode.n_train,
@@ -207,15 +221,34 @@ def _top1(rows: List[Dict]) -> Optional[float]:
     return hits[-1] if hits else None
 
 
+def _committed(arm: Arm, opts: List[str]) -> Optional[Dict]:
+    """The arm's result in a committed ``benchmarks/results/bench_*.json``
+    (a run of an earlier session, whose work dir is gone), when one holds
+    an arm of the same name run with the same options."""
+    for path in sorted(glob.glob(osp.join(ROOT, 'benchmarks', 'results',
+                                          'bench_*.json'))):
+        with open(path) as f:
+            for result in json.load(f).get('arms', []):
+                if result.get('name') == arm.name and result.get(
+                        'cfg_options') == opts:
+                    return dict(result, from_json=osp.basename(path))
+    return None
+
+
 def finished(arm: Arm, mode: Mode, root: str) -> Optional[Dict]:
-    """The arm's cached result (``reused=True``), or None when it has not
-    finished or ran with other options (the mode's settings changed)."""
+    """The arm's cached result (``reused=True``): from its work dir, or
+    from a committed results json (:func:`_committed`); None when it has
+    not finished or ran with other options (the mode's settings
+    changed)."""
+    opts = cfg_options(arm, mode)
     result_path = osp.join(root, arm.name, 'bench_result.json')
-    if not osp.isfile(result_path):
-        return None
-    with open(result_path) as f:
-        cached = json.load(f)
-    if cached['cfg_options'] != cfg_options(arm, mode):
+    cached = None
+    if osp.isfile(result_path):
+        with open(result_path) as f:
+            cached = json.load(f)
+    if cached is None or cached['cfg_options'] != opts:
+        cached = _committed(arm, opts)
+    if cached is None:
         return None
     return dict(cached, reused=True)
 
@@ -244,6 +277,7 @@ def run_arm(arm: Arm, mode: Mode, root: str, force: bool) -> Dict:
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     python = sys.executable
+    started_at = time.time()  # wall clock, to find runs that overlapped
     start = time.perf_counter()
     with open(osp.join(work, 'train.out'), 'w') as out:
         subprocess.run([python, 'tools/train.py', arm.config, '--work-dir',
@@ -276,6 +310,8 @@ def run_arm(arm: Arm, mode: Mode, root: str, force: bool) -> Dict:
         full_kd_sample_iters=mode.n_train * mode.epochs,
         sample_iters=mode.n_train * mode.epochs,
         train_seconds=round(train_seconds, 1),
+        started_at=round(started_at, 1),
+        ended_at=round(started_at + train_seconds, 1),
         seconds_per_iter=statistics.median(iter_times)
         if iter_times else None,
         stages=[])

@@ -293,3 +293,10 @@ class KnowledgeSummaryDataset:
         got = getattr(sample, 'sample_idx', idx)
         self._used_terms = ((int(got), 1.0), )
         return out
+
+
+def unwrap_summary(dataset):
+    """The dataset inside a KnowledgeSummaryDataset (else ``dataset``)."""
+    if isinstance(dataset, KnowledgeSummaryDataset):
+        return dataset.dataset
+    return dataset

@@ -1,40 +1,49 @@
 """KCDHook: KCD's E-step/M-step loop inside mmengine's training loop.
 
-Over 250 lines because its docstring is the reference of every option;
-the methods read as KCD's loop: set up, each iteration, each epoch,
-E-step, checkpoint.
+The methods read as KCD's loop: set up, each iteration, each epoch,
+E-step, checkpoint. The hook talks to :class:`KCDState` (the math and the
+saved state), to the set-up checks of :mod:`kcd_mm.checks`, and to the
+sampler, the value source and the record writer, each through one call.
 """
 import resource
 from typing import Dict, Optional, Sequence
 
 import torch
-from mmengine.dist import (all_reduce, get_world_size, is_distributed,
-                           is_main_process)
+from mmengine.dist import (all_reduce, broadcast, get_world_size,
+                           is_distributed, is_main_process)
 from mmengine.hooks import Hook
 from mmrazor.registry import HOOKS
 
+from .checks import (check_first_batch, check_loss_inputs, check_not_data_free,
+                     check_same_dataset_on_ranks, check_setup,
+                     check_single_hook, class_labels, setup_warnings,
+                     warn_iteration_schedulers)
 from .compat.mmengine_checkpoints import latest_checkpoint, make_atomic
 from .core.condensation import iterations_per_epoch
 from .core.options import KCDOptions
 from .core.state import KCDState
 from .core.values import get_value_measure
+from .cpu_threads import set_cpu_threads_for_kcd_run
+from .dataset import unwrap_summary
 from .labels import class_count, fingerprint
-from .records import (CKPT_KEY, RECORD_FILE, RecordWriter, StageRecord,
-                      check_record_file)
+from .loss import find_recording_loss
+from .records import RECORD_FILE, RecordWriter, StageRecord, check_record_file
+from .sampler import find_sampler
 from .seeding import EpochSeedingHook
-from .tap import LogitsTap
-from .wiring import (batch_ids, check_first_batch, check_loss_inputs,
-                     check_not_data_free, check_same_dataset_on_ranks,
-                     check_setup, check_single_hook, class_labels,
-                     degenerate_cause, degenerate_stage, find_classifier,
-                     find_recording_loss, find_sampler, setup_warnings,
-                     shared_seed, unwrap_summary, warn_iteration_schedulers,
-                     weights_digest)
+from .tap import LogitsTap, batch_ids, find_classifier, weights_digest
 
 
 def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     all_reduce(tensor, op='sum')
     return tensor
+
+
+def _shared_seed(seed: int) -> int:
+    """Rank 0's seed on every rank: random selections must be identical on
+    all ranks, also with ``randomness.diff_rank_seed=True``."""
+    value = torch.tensor([int(seed)], dtype=torch.int64)
+    broadcast(value, src=0)
+    return int(value)
 
 
 @HOOKS.register_module()
@@ -88,12 +97,15 @@ class KCDHook(Hook):
             ``'own'``.
         class_min_keep (float): keep at least this fraction of every class
             at each E-step (0: off, the reference). Defaults to 0.
-        strategy (str): ``'kcd'`` (the method), ``'random'`` or
-            ``'infobatch'``; the last two ignore ``summary``.
-            Defaults to ``'kcd'``.
+        strategy (str): ``'kcd'`` (the method), ``'random'``,
+            ``'per_epoch_random'`` or ``'infobatch'``; the last three
+            ignore ``summary``. Defaults to ``'kcd'``.
         infobatch_full_epochs_ratio (float): with ``'infobatch'``, the last
             ``ceil(ratio * max_epochs)`` epochs train on all data.
             Defaults to 0.125.
+        infobatch_ratio (float, optional): with ``'infobatch'``,
+            InfoBatch's own fixed r (its paper's 0.5) instead of an r that
+            spends KCD's budget. Defaults to None.
         value (str): the knowledge value measure when KCD reads the
             classifier itself (``'entropy'``, the reference;
             ``'teacher_kl'``, ``'ce'``, ``'margin'``); a recording
@@ -124,6 +136,7 @@ class KCDHook(Hook):
                  class_min_keep: float = 0.0,
                  strategy: str = 'kcd',
                  infobatch_full_epochs_ratio: float = 0.125,
+                 infobatch_ratio: Optional[float] = None,
                  value: str = 'entropy',
                  classifier: Optional[str] = None,
                  record_file: str = RECORD_FILE,
@@ -140,7 +153,8 @@ class KCDHook(Hook):
             blend_label=blend_label,
             class_min_keep=class_min_keep,
             strategy=strategy,
-            infobatch_full_epochs_ratio=infobatch_full_epochs_ratio)
+            infobatch_full_epochs_ratio=infobatch_full_epochs_ratio,
+            infobatch_ratio=infobatch_ratio)
         get_value_measure(value)  # an unknown measure fails here
         if classifier is not None and not isinstance(classifier, str):
             raise TypeError(
@@ -160,8 +174,11 @@ class KCDHook(Hook):
 
     # ---------------------------------------------------------- set-up
     def before_run(self, runner) -> None:
-        """Before mmengine resumes: checkpoints a kill cannot lose, and
-        an auto-resume that skips a damaged ``last_checkpoint``."""
+        """Before mmengine resumes: checkpoints a kill cannot lose, an
+        auto-resume that skips a damaged ``last_checkpoint``, and, without
+        an accelerator, torch's CPU threads as kcd_mm's tools choose them
+        (unless ``OMP_NUM_THREADS`` or the tool already chose)."""
+        set_cpu_threads_for_kcd_run(runner.logger.info)
         if make_atomic(runner.hooks) is not None:
             runner.logger.info(
                 'KCD: checkpoints are written atomically '
@@ -197,7 +214,7 @@ class KCDHook(Hook):
             check_same_dataset_on_ranks(len(dataset), data_fingerprint)
         self.state = KCDState(
             len(dataset), self.options, labels,
-            seed=shared_seed(runner.seed or 0),
+            seed=_shared_seed(runner.seed or 0),
             max_epochs=runner.max_epochs,
             fingerprint=data_fingerprint,
             value_measure=self._loss.value,
@@ -211,28 +228,40 @@ class KCDHook(Hook):
             runner.logger.warning(message)
         if self.options.blend_label == 'mix':
             dataset.mix_labels(self._classifier.out_features)
-        if self.state.selector.weights_losses:
+        if self.state.weights_losses:
             self._loss.check_splittable(
                 f'KCDHook(strategy={self.options.strategy!r})')
         self._writer = RecordWriter(runner.work_dir, self.record_file)
+        ran_estep = False
         if self._loaded is not None:
-            self._resume(runner)
+            ran_estep = self._resume(runner)
         elif is_main_process():
             for message in self._writer.start():
                 runner.logger.info(message)
-        self._sampler.set_kept(*self.state.sampler_args())
-        self._plan_iterations(runner, runner.train_loop.epoch)
+        if not ran_estep:  # the E-step hands its own kept set on
+            self._sampler.set_kept(*self.state.sampler_args())
+            self._plan_iterations(runner, runner.train_loop.epoch)
         warn_iteration_schedulers(runner)
         state = self.state
         runner.logger.info(
             f'KCD: N={state.num_samples}, {self.options}, E-steps after '
             f'epochs {state.boundaries()}, kept now {state.kept_size}, '
             f'sample budget {state.budget}, knowledge bank '
-            f'{state.bank.nbytes / 2**20:.1f} MiB')
+            f'{state.bank_mib:.1f} MiB')
 
     def after_train(self, runner) -> None:
         if isinstance(self._loss, LogitsTap):
             self._loss.remove()
+        state = self.state
+        if state is not None:
+            # The whole run's share (resumed history included), which the
+            # last E-step's line cannot give: epochs follow it.
+            kd = state.full_kd_sample_iters
+            epochs = kd // max(state.num_samples, 1)  # the epochs counted
+            runner.logger.info(
+                f'KCD run done: {state.sample_iters} samples trained = '
+                f"{state.sample_iters / max(kd, 1):.3f} of KD's {kd} over "
+                f"{epochs} epoch{'' if epochs == 1 else 's'}.")
 
     def before_train_epoch(self, runner) -> None:
         if self.seeding is not None:
@@ -252,7 +281,7 @@ class KCDHook(Hook):
                          data_batch: Optional[dict] = None,
                          outputs: Optional[dict] = None) -> None:
         for sample_idx, values in self._loss.pop_records():
-            self._epoch_skipped += self.state.bank.record(sample_idx, values)
+            self._epoch_skipped += self.state.record(sample_idx, values)
         self._epoch_samples += len(data_batch['data_samples'])
 
     # ------------------------------------------------------ each epoch
@@ -284,7 +313,7 @@ class KCDHook(Hook):
         self._plan_iterations(runner, epochs_done)
         if is_main_process():
             self._write(runner, record)
-        for level, message in self.state.selector.describe(record):
+        for level, message in self.state.describe(record):
             runner.logger.log(level, message)
         runner.logger.info(record.log_line())
         runner.visualizer.add_scalars(record.scalars(), step=record.epoch)
@@ -298,33 +327,20 @@ class KCDHook(Hook):
         digest = weights_digest(self._classifier)
         changed = None if digest is None else digest != self._classifier_digest
         self._classifier_digest = digest
-        record.degenerate = degenerate_stage(record.value_mean,
-                                             record.value_std, changed)
-        if record.degenerate is not None:
-            runner.logger.warning(
-                f'KCD stage {record.stage}: {record.degenerate}, so its '
-                'values cannot tell samples apart and this E-step in effect '
-                'prunes at random. Likely cause: ' + degenerate_cause(
-                    getattr(self._classifier, 'out_features', None),
-                    getattr(self, '_num_classes', None)))
-        if record.values_recorded == 0:
-            runner.logger.warning(
-                f'KCD stage {record.stage}: no knowledge value was recorded '
-                'since the last E-step (was the distill loss skipped, e.g. '
-                'after StopDistillHook?); it ranked by earlier values.')
+        for message in self.state.weak_values(
+                record, changed,
+                getattr(self._classifier, 'out_features', None),
+                getattr(self, '_num_classes', None)):
+            runner.logger.warning(message)
 
     def _write(self, runner, record: StageRecord) -> None:
         """The stage's line, snapshot and value histograms (rank 0)."""
-        state, pairs = self.state, self.state.pairs
         self._writer.append(record)
-        values = state.bank.mean_values().float()
-        self._writer.write_snapshot(state.stage, state.kept.numpy(),
-                                    pairs.tail.numpy(), pairs.lost.numpy(),
-                                    pairs.lam.numpy(),
-                                    state.last_scores.numpy(),
-                                    values.numpy())
-        self._writer.add_value_histograms(runner.visualizer, values.numpy(),
-                                          state.kept.numpy(), record.epoch)
+        snapshot = self.state.snapshot()
+        self._writer.write_snapshot(self.state.stage, **snapshot)
+        self._writer.add_value_histograms(runner.visualizer,
+                                          snapshot['mean_values'],
+                                          snapshot['kept'], record.epoch)
 
     def _plan_iterations(self, runner, start_epoch: int) -> None:
         """The logger's ETA follows the schedule, known in advance."""
@@ -341,26 +357,25 @@ class KCDHook(Hook):
     # ------------------------------------------------------ checkpoint
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         if self.state is not None:
-            checkpoint[CKPT_KEY] = self.state.state_dict()
+            self.state.save_into(checkpoint)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if not runner._resume:
             # load_from: weights for a new run; KCD starts afresh.
             return
-        self._loaded = checkpoint.get(CKPT_KEY)
+        self._loaded = KCDState.saved_in(checkpoint)
         if self._loaded is None:
             runner.logger.warning(
                 'The resumed checkpoint has no KCD state (written without '
                 'KCDHook?): KCD starts afresh from the full training set.')
 
-    def _resume(self, runner) -> None:
+    def _resume(self, runner) -> bool:
+        """Restore the checkpoint's KCD state; run the E-step it missed.
+        Returns whether that E-step ran."""
         state = self.state
-        saved = state.load_state_dict(self._loaded, log=runner.logger.log)
+        changed, missed = state.resume(self._loaded, runner.max_epochs,
+                                       runner.epoch, log=runner.logger.log)
         self._loaded = None
-        changed = self.options.changes_from(saved.get('options', {}))
-        old_value = saved.get('value_measure')
-        if old_value is not None and old_value != state.value_measure:
-            changed['value'] = (old_value, state.value_measure)
         if changed:
             runner.logger.warning(
                 'KCD options differ from the checkpoint (saved, now): '
@@ -372,13 +387,9 @@ class KCDHook(Hook):
             f'{state.sample_iters} samples trained so far.')
         if is_main_process():
             self._writer.rewrite(state.records)
-        done = runner.epoch
-        last = state.records[-1].epoch if state.records else 0
-        if done in state.boundaries() and last < done:
-            saved_epochs = saved.get('max_epochs')
-            why = ('that the shorter run skipped' if saved_epochs is not None
-                   and saved_epochs < runner.max_epochs else
-                   'that the current options schedule there')
-            runner.logger.info(
-                f'KCD: running the E-step after epoch {done} {why}.')
-            self._estep(runner, done)
+        if missed is None:
+            return False
+        runner.logger.info(
+            f'KCD: running the E-step after epoch {runner.epoch} {missed}.')
+        self._estep(runner, runner.epoch)
+        return True

@@ -51,8 +51,9 @@ class ValueWeightedLoss(nn.Module):
             it, ``'vmap'`` evaluates each sample as a batch of one (checked
             against the batch loss on the first batch). Uniform weighting
             never splits, so any logits loss can be wrapped for it.
-        record (bool): record values for the E-step. Exactly one wrapped
-            loss per model records. Defaults to True.
+        record (bool): record values for the E-step. At most one
+            wrapped loss per model records (none: KCD reads the student
+            classifier itself). Defaults to True.
     """
 
     def __init__(self,
@@ -212,3 +213,18 @@ class ValueWeightedLoss(nn.Module):
                 f'{float(full):.6g}). '
                 'Register an exact rule with @kcd_mm.per_sample.register.')
         self._split_checked = True
+
+
+def find_recording_loss(model) -> Optional[ValueWeightedLoss]:
+    """The model's one :class:`ValueWeightedLoss` with ``record=True``;
+    None when there is none (KCD then reads the classifier itself)."""
+    losses = [
+        m for m in model.modules()
+        if isinstance(m, ValueWeightedLoss) and m.record
+    ]
+    if len(losses) > 1:
+        raise ValueError(
+            'KCDHook takes its values from one recording ValueWeightedLoss, '
+            f'found {len(losses)}: set record=False on all but one, or on '
+            'all of them (KCD then reads the student classifier itself).')
+    return losses[0] if losses else None

@@ -89,3 +89,16 @@ class KCDSampler(DefaultSampler):
             get = self._payloads.get
             indices = [encode(i, get(i)) for i in indices]
         return iter(indices)
+
+
+def find_sampler(loader) -> KCDSampler:
+    """The loader's :class:`KCDSampler` (plain or inside a batch sampler)."""
+    sampler = loader.sampler
+    if not isinstance(sampler, KCDSampler):
+        sampler = getattr(loader.batch_sampler, 'sampler', None)
+    if not isinstance(sampler, KCDSampler):
+        raise TypeError(
+            'KCDHook needs train_dataloader.sampler='
+            "dict(type='mmrazor.KCDSampler', shuffle=True); got "
+            f'{type(loader.sampler).__name__}.')
+    return sampler

@@ -10,6 +10,7 @@ relation based, without touching ``distill_losses``. It offers
 (``set_batch``, ``pop_records``), and is used where the model has no
 recording ``ValueWeightedLoss``.
 """
+import hashlib
 from typing import List, Optional, Tuple
 
 import torch
@@ -163,3 +164,42 @@ class LogitsTap:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+def find_classifier(model) -> Optional[nn.Module]:
+    """The student's classifier (see :func:`tap.find_classifier_in`);
+    None when there is none."""
+    try:
+        return find_classifier_in(model_parts(model)[0])[0]
+    except ValueError:
+        return None
+
+
+def weights_digest(module: Optional[nn.Module]) -> Optional[bytes]:
+    """A digest of a module's parameters, to tell whether it changed."""
+    if module is None:
+        return None
+    digest = hashlib.sha1()
+    for param in module.parameters():
+        digest.update(param.detach().cpu().float().numpy().tobytes())
+    return digest.digest()
+
+
+def batch_ids(samples, with_labels: bool):
+    """``(sample_idx, labels)`` of a batch's data samples; labels (first
+    label of each) only when asked for and present, else None."""
+    try:
+        # In the metainfo (PackInputs), or a data field (MMRazor's
+        # PackCRDClsInputs).
+        idx = [s.metainfo['sample_idx'] if 'sample_idx' in s.metainfo
+               else int(s.sample_idx) for s in samples]
+    except (KeyError, AttributeError):
+        raise KeyError(
+            'KCD needs sample_idx in every data sample, in its metainfo '
+            "(PackInputs) or as a data field (MMRazor's PackCRDClsInputs): "
+            'use an mmengine BaseDataset (it adds sample_idx) and a '
+            'pipeline that keeps it.') from None
+    labels = None
+    if with_labels and 'gt_label' in samples[0]:
+        labels = torch.cat([s.gt_label.reshape(-1)[:1] for s in samples])
+    return torch.tensor(idx, dtype=torch.int64), labels

@@ -60,7 +60,7 @@ def free_port() -> int:
 
 
 def run_tool(args: Sequence[str],
-             env: Optional[Dict[str, str]] = None,
+             env: Optional[Dict[str, Optional[str]]] = None,
              timeout: float = 300,
              check: bool = True) -> subprocess.CompletedProcess:
     """Run a command from the repository root and capture its output.
@@ -71,7 +71,8 @@ def run_tool(args: Sequence[str],
     Args:
         args (Sequence[str]): Tool path (relative to the repo) and its
             arguments.
-        env (dict, optional): Extra environment variables.
+        env (dict, optional): Extra environment variables; a value of
+            None removes that variable (e.g. ``OMP_NUM_THREADS``).
         timeout (float): Seconds before the run is killed. Defaults to 300.
         check (bool): Raise ``AssertionError`` with the output when the
             command fails. Defaults to True.
@@ -88,7 +89,11 @@ def run_tool(args: Sequence[str],
     # One OpenMP thread per process: tiny nets gain nothing from more, and
     # spinning thread pools slow down a busy 2-core machine badly.
     full_env.setdefault('OMP_NUM_THREADS', '1')
-    full_env.update(env or {})
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
     proc = subprocess.run(
         args,
         cwd=REPO_ROOT,

@@ -6,6 +6,8 @@ mmengine's: the tools set ``cfg.launcher`` and the Runner initialises the
 process group (``kcd_mm.compat`` makes that work without CUDA, with gloo).
 Here are only
 
+* torch's CPU threads (:mod:`kcd_mm.cpu_threads`; ``KCDHook`` makes the
+  same choice in KCD runs that other entry points start);
 * the launcher arguments (``--launcher`` and both spellings of the local
   rank: ``torch.distributed.launch`` on torch >= 2 passes ``--local-rank``,
   older launchers ``--local_rank``);
@@ -52,47 +54,29 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> None:
 
 def cpu_threads(environ, cores: int, load: float,
                 local_procs: int = 1) -> Tuple[int, str]:
-    """Intra-op threads for a CPU-only run, and why.
+    """Intra-op threads for a CPU-only run, and why:
+    :func:`kcd_mm.cpu_threads.cpu_threads`.
 
     ``OMP_NUM_THREADS`` wins when set. Otherwise the cores not already
     busy (the 1-minute load average, rounded) are shared among this
     machine's processes of the run: torch's default of one thread per core
     oversubscribes a busy machine (a 2-core machine beside one other job
     ran the demo's teacher at 2.8 s/iter instead of 0.17).
-
-    Args:
-        environ (Mapping): the environment.
-        cores (int): cores this process may use.
-        load (float): the 1-minute load average.
-        local_procs (int): processes of this run on the machine
-            (torchrun's ``LOCAL_WORLD_SIZE``).
     """
-    value = environ.get('OMP_NUM_THREADS', '')
-    if value.isdigit() and int(value) > 0:
-        return int(value), 'OMP_NUM_THREADS'
-    free = max(1, cores - int(round(load)))
-    threads = max(1, free // max(1, local_procs))
-    return threads, (f'{cores} cores, load {load:.1f}, {local_procs} '
-                     'process(es) of this run here; set OMP_NUM_THREADS to '
-                     'choose')
+    from kcd_mm.cpu_threads import cpu_threads as choose
+    return choose(environ, cores, load, local_procs)
 
 
 def set_cpu_threads() -> None:
     """On a machine without an accelerator, set torch's intra-op threads
     by :func:`cpu_threads` and log the choice; with one (CUDA, NPU, MLU,
-    MUSA: mmengine's ``get_device``), leave torch's."""
-    import torch
-    from mmengine.device import get_device
-    from mmengine.logging import print_log
-    if get_device() != 'cpu':
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(
-        os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    threads, why = cpu_threads(os.environ, cores, os.getloadavg()[0],
-                               int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
-    torch.set_num_threads(threads)
-    print_log(f'CPU run: {threads} torch thread(s) ({why}).',
-              logger='current')
+    MUSA: mmengine's ``get_device``), leave torch's.
+
+    :func:`kcd_mm.cpu_threads.set_cpu_threads`, which also records the
+    choice, so that a KCD run's ``KCDHook`` does not make it again.
+    """
+    from kcd_mm.cpu_threads import set_cpu_threads as apply
+    apply()
 
 
 def set_local_rank_env(local_rank: int) -> None:

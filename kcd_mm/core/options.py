@@ -39,11 +39,16 @@ class KCDOptions:
         class_min_keep: keep at least this fraction of every class (0: off,
             the reference); needs the samples' labels.
         strategy: the registered selector that chooses the kept set:
-            ``'kcd'`` (the method), ``'random'`` or ``'infobatch'``
-            (comparisons at KCD's sample budget, see
-            :mod:`kcd_mm.selection`).
+            ``'kcd'`` (the method), ``'random'``, ``'infobatch'`` or
+            ``'per_epoch_random'`` (comparisons at KCD's sample budget,
+            see :mod:`kcd_mm.core.selection`).
         infobatch_full_epochs_ratio: with ``'infobatch'``, the last
             ``ceil(ratio * max_epochs)`` epochs train on all data.
+        infobatch_ratio: with ``'infobatch'``, InfoBatch's own fixed
+            fraction r of the below-mean samples dropped each epoch (its
+            paper's 0.5); the run then spends what that gives, not KCD's
+            budget. None (the default) plans r every epoch so that the run
+            spends exactly KCD's budget.
     """
     stage_epochs: int = 40
     theta: float = 0.7
@@ -57,6 +62,7 @@ class KCDOptions:
     class_min_keep: float = 0.0
     strategy: str = 'kcd'
     infobatch_full_epochs_ratio: float = 0.125
+    infobatch_ratio: Optional[float] = None
 
     def __post_init__(self):
         if not isinstance(self.strategy, str) or \
@@ -66,7 +72,8 @@ class KCDOptions:
                 f'{tuple(SELECTORS.module_dict)} (kcd: value-ranked '
                 "condensation, the method; random: random subsets of KCD's "
                 "sizes; infobatch: InfoBatch pruning at KCD's sample "
-                'budget).')
+                'budget; per_epoch_random: a fresh random subset of '
+                "KCD's size every epoch).")
         _integer('stage_epochs', self.stage_epochs,
                  'epochs between two condensations; reference: 40')
         _number('theta', self.theta, 0.0, 1.0, 'fraction of the training '
@@ -114,6 +121,16 @@ class KCDOptions:
                 self.infobatch_full_epochs_ratio, 0.0, 1.0,
                 'the fraction of final epochs on all data; InfoBatch: 0.125',
                 high_open=True)
+        if self.infobatch_ratio is not None:
+            _number('infobatch_ratio', self.infobatch_ratio, 0.0, 1.0,
+                    "InfoBatch's fraction of the below-mean samples dropped "
+                    'each epoch, its paper 0.5; None: planned to spend '
+                    "KCD's budget", low_open=True, high_open=True)
+            if self.strategy != 'infobatch':
+                raise ValueError(
+                    f'KCD infobatch_ratio={self.infobatch_ratio} applies to '
+                    "strategy='infobatch' only, not "
+                    f'{self.strategy!r}; drop it.')
         lam_range = self.lam_range
         if isinstance(lam_range, (str, bytes)) or not hasattr(
                 lam_range, '__len__') or len(lam_range) != 2 or not all(

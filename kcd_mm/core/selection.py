@@ -1,7 +1,7 @@
 """Selectors: how the kept set is chosen at each E-step, one class each.
 
-Why one module over 250 lines: the three registered selectors are short
-classes of one interface, read best side by side.
+The registered selectors are short classes of one interface, read best
+side by side.
 
 :class:`KCDState` holds one selector, built from
 :data:`kcd_mm.registry.SELECTORS` by ``KCDHook(strategy=...)``, and asks
@@ -10,9 +10,11 @@ whatever only its strategy needs (InfoBatch's latest values and loss
 weights), saves it in :meth:`Selector.state_dict`, and so nothing of one
 strategy survives a resume under another.
 
-* ``'kcd'``: the method's condensation (:mod:`kcd_mm.condensation`).
-* ``'random'``: random subsets of KCD's sizes (:mod:`kcd_mm.strategies`).
+* ``'kcd'``: the method's condensation (:mod:`.condensation`).
+* ``'random'``: random subsets of KCD's sizes (:mod:`.strategies`).
 * ``'infobatch'``: InfoBatch pruning at KCD's sample budget.
+* ``'per_epoch_random'``: a fresh random subset of KCD's size every epoch
+  (RS2).
 
 A new strategy is a subclass registered with
 ``@SELECTORS.register_module('name')``. Pure torch apart from the registry.
@@ -178,7 +180,9 @@ class InfoBatchSelector(Selector):
     and weights the surviving ones' loss 1 / (1 - r); the first epoch and
     the last ``ceil(infobatch_full_epochs_ratio * max_epochs)`` train on
     all data; r is planned each epoch from what was actually spent, so the
-    run lands on KCD's total. See :mod:`kcd_mm.strategies`.
+    run lands on KCD's total; or, with ``infobatch_ratio``, InfoBatch's
+    own fixed r, and the run spends what that gives. See
+    :mod:`.strategies`.
     """
 
     weights_losses = True
@@ -209,6 +213,14 @@ class InfoBatchSelector(Selector):
                       spent: int) -> List[int]:
         if start_epoch >= self.max_epochs:
             return []
+        if self.options.infobatch_ratio is not None:
+            # Fixed r: the sizes follow the values, unknown in advance;
+            # for the ETA, pruned epochs as this one, the others full.
+            tail = full_tail_epochs(self.max_epochs,
+                                    self.options.infobatch_full_epochs_ratio)
+            return [kept_size] + [
+                self.num_samples if e >= self.max_epochs - tail else
+                kept_size for e in range(start_epoch + 1, self.max_epochs)]
         return [kept_size] + self._plan(start_epoch + 1, spent + kept_size)
 
     def observe(self, delta: EpochDelta) -> None:
@@ -218,11 +230,18 @@ class InfoBatchSelector(Selector):
     def select(self, bank: KnowledgeBank, current_size: int, stage: int,
                epoch: int, spent: int) -> Selection:
         target = self._plan(epoch, spent)[0]
+        ratio = self.options.infobatch_ratio
+        if ratio is not None:  # full only where InfoBatch trains on all
+            tail = full_tail_epochs(self.max_epochs,
+                                    self.options.infobatch_full_epochs_ratio)
+            if epoch < self.max_epochs - tail:
+                target = self.num_samples - 1
         full = target >= self.num_samples
         prune = None
         if not full:
             prune = infobatch_prune(self.latest, target,
-                                    seeded_generator(self.seed, epoch))
+                                    seeded_generator(self.seed, epoch),
+                                    ratio)
         kept = torch.arange(self.num_samples) if full else prune.kept
         weighted = prune is not None and prune.weight != 1.0
         self.upweighted = prune.upweighted if weighted else None
@@ -230,6 +249,8 @@ class InfoBatchSelector(Selector):
         empty = torch.zeros(0, dtype=torch.int64)
         pairs = Condensation(kept=kept, tail=empty, lost=empty,
                              lam=torch.zeros(0))
+        if ratio is not None:  # fixed r: the size it gave is the plan
+            target = int(kept.numel())
         extra = dict(
             target=target,
             prune_ratio=0.0 if full else prune.ratio,
@@ -278,6 +299,60 @@ class InfoBatchSelector(Selector):
             self.latest.copy_(state['latest'])
         self.upweighted = state.get('upweighted')
         self.loss_weight = float(state.get('loss_weight', 1.0))
+
+
+@SELECTORS.register_module('per_epoch_random')
+class PerEpochRandomSelector(Selector):
+    """A fresh uniformly random subset every epoch, of KCD's size for that
+    epoch (RS2, Okanovic et al., arXiv 2305.18424, without replacement
+    within an epoch): the literature's hard-to-beat baseline for training
+    on a budget, and KCD's exact sample budget.
+
+    Epoch ``e`` (0-based) trains on ``keep_schedule(...)[e]`` samples drawn
+    from all N without replacement, from (run seed, e): identical on every
+    rank and after a resume, with no state to save. Unlike ``'random'``,
+    which keeps one subset for a whole stage and only shrinks it, a sample
+    dropped in one epoch may return in the next. One record per epoch.
+    """
+
+    #: the generator stream of this selector, apart from the others'
+    STREAM = 1 << 20
+
+    def __init__(self, options, num_samples: int,
+                 max_epochs: Optional[int] = None, seed: int = 0,
+                 labels: Optional[torch.Tensor] = None) -> None:
+        if max_epochs is None:
+            raise ValueError("strategy='per_epoch_random' needs max_epochs")
+        super().__init__(options, num_samples, max_epochs, seed, labels)
+
+    @functools.cached_property
+    def sizes(self) -> List[int]:
+        """Every epoch's size: KCD's keep schedule for the run."""
+        opts = self.options
+        return keep_schedule(self.num_samples, opts.theta, opts.num_steps,
+                             opts.stage_epochs, self.max_epochs)
+
+    def boundaries(self) -> List[int]:
+        return list(range(1, self.max_epochs))
+
+    def planned_sizes(self, start_epoch: int, kept_size: int,
+                      spent: int) -> List[int]:
+        return self.sizes[start_epoch:]
+
+    def select(self, bank: KnowledgeBank, current_size: int, stage: int,
+               epoch: int, spent: int) -> Selection:
+        size = self.sizes[epoch]
+        if size >= self.num_samples:
+            kept = torch.arange(self.num_samples)
+        else:
+            order = random_order(
+                self.num_samples,
+                seeded_generator(self.seed, self.STREAM + epoch))
+            kept = order[:size].sort().values
+        empty = torch.zeros(0, dtype=torch.int64)
+        pairs = Condensation(kept=kept, tail=empty, lost=empty,
+                             lam=torch.zeros(0))
+        return Selection(pairs=pairs, scores=bank.mean_values().float())
 
 
 def build_selector(options, num_samples: int,

@@ -15,9 +15,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..labels import fingerprint_scheme, same_dataset
-from ..records import StageRecord
+from ..records import CKPT_KEY, StageRecord
 from .bank import KnowledgeBank, ReduceFn
 from .condensation import Condensation
+from .diagnostics import degenerate_cause, degenerate_stage
 from .options import KCDOptions
 from .selection import build_selector
 from .summary import StageSummary, build_summary
@@ -118,6 +119,90 @@ class KCDState:
         """Add one finished epoch's sample count (all ranks together)."""
         self.sample_iters += int(samples_trained)
         self.full_kd_sample_iters += self.num_samples
+
+    # ------------------------------------------ what KCDHook asks of it
+    def record(self, sample_idx: torch.Tensor, values: torch.Tensor) -> int:
+        """Bank one batch's values; returns how many were skipped as
+        non-finite."""
+        return self.bank.record(sample_idx, values)
+
+    @property
+    def weights_losses(self) -> bool:
+        """The selector hands per-sample loss weights (InfoBatch)."""
+        return self.selector.weights_losses
+
+    @property
+    def bank_mib(self) -> float:
+        return self.bank.nbytes / 2**20
+
+    def describe(self, record: StageRecord) -> List[Tuple[int, str]]:
+        """The selector's (level, message) lines of a stage record."""
+        return self.selector.describe(record)
+
+    def snapshot(self) -> Dict:
+        """The last E-step's arrays for ``RecordWriter.write_snapshot``:
+        kept, tail, lost, lam, scores, mean_values."""
+        pairs = self.pairs
+        kept = (torch.arange(self.num_samples)
+                if self.kept is None else self.kept)
+        return dict(kept=kept.numpy(), tail=pairs.tail.numpy(),
+                    lost=pairs.lost.numpy(), lam=pairs.lam.numpy(),
+                    scores=self.last_scores.numpy(),
+                    mean_values=self.bank.mean_values().float().numpy())
+
+    def weak_values(self, record: StageRecord,
+                    classifier_changed: Optional[bool],
+                    out_features: Optional[int] = None,
+                    num_classes: Optional[int] = None) -> List[str]:
+        """Say in ``record`` when the stage's values cannot rank the
+        samples (:func:`degenerate_stage`), and return the warnings to log,
+        naming the likely cause (:func:`degenerate_cause`)."""
+        record.degenerate = degenerate_stage(record.value_mean,
+                                             record.value_std,
+                                             classifier_changed)
+        warnings = []
+        if record.degenerate is not None:
+            warnings.append(
+                f'KCD stage {record.stage}: {record.degenerate}, so its '
+                'values cannot tell samples apart and this E-step in effect '
+                'prunes at random. Likely cause: ' +
+                degenerate_cause(out_features, num_classes))
+        if record.values_recorded == 0:
+            warnings.append(
+                f'KCD stage {record.stage}: no knowledge value was recorded '
+                'since the last E-step (was the distill loss skipped, e.g. '
+                'after StopDistillHook?); it ranked by earlier values.')
+        return warnings
+
+    def save_into(self, checkpoint: Dict) -> None:
+        """Put this state into a Runner checkpoint (under ``kcd_state``)."""
+        checkpoint[CKPT_KEY] = self.state_dict()
+
+    @staticmethod
+    def saved_in(checkpoint: Dict) -> Optional[Dict]:
+        """The KCD state a Runner checkpoint carries, or None."""
+        return checkpoint.get(CKPT_KEY)
+
+    def resume(self, saved: Dict, max_epochs: int, epochs_done: int,
+               log: Optional[Callable[[int, str], None]] = None
+               ) -> Tuple[Dict[str, Tuple], Optional[str]]:
+        """Restore ``saved`` (:meth:`load_state_dict`) and say what changed:
+        ``({option: (saved, now)}, missed)``, where ``missed`` says why the
+        E-step after ``epochs_done`` is due now (the saved run was shorter,
+        or the current options schedule one there), else None."""
+        saved = self.load_state_dict(saved, log=log)
+        changed = self.options.changes_from(saved.get('options', {}))
+        old_value = saved.get('value_measure')
+        if old_value is not None and old_value != self.value_measure:
+            changed['value'] = (old_value, self.value_measure)
+        last = self.records[-1].epoch if self.records else 0
+        missed = None
+        if epochs_done in self.boundaries() and last < epochs_done:
+            saved_epochs = saved.get('max_epochs')
+            missed = ('that the shorter run skipped'
+                      if saved_epochs is not None and saved_epochs < max_epochs
+                      else 'that the current options schedule there')
+        return changed, missed
 
     def sampler_args(self) -> Tuple[Optional[torch.Tensor], Dict]:
         """What :meth:`KCDSampler.set_kept` takes: the kept set and each

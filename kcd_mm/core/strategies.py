@@ -19,7 +19,7 @@ the same on every rank and again after a resume. Pure torch, no mmengine.
 """
 import math
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -89,14 +89,18 @@ class InfoBatchPrune:
 
 
 def infobatch_prune(latest: torch.Tensor, target: int,
-                    gen: torch.Generator) -> InfoBatchPrune:
-    """Drop ``N - target`` random below-mean samples (at most all of them).
+                    gen: torch.Generator,
+                    ratio: Optional[float] = None) -> InfoBatchPrune:
+    """Drop ``N - target`` random below-mean samples (at most all of
+    them), or, with ``ratio``, ``round(ratio * below-mean count)`` of them
+    (InfoBatch's fixed r; ``target`` is then ignored).
 
     Args:
         latest: each sample's latest recorded value (NaN: none yet; such
             samples count as above the mean and are always kept).
         target: the epoch's planned size.
         gen: the epoch's generator.
+        ratio: InfoBatch's fixed prune ratio, or None.
     """
     n = latest.numel()
     finite = torch.isfinite(latest)
@@ -107,6 +111,8 @@ def infobatch_prune(latest: torch.Tensor, target: int,
     low_idx = torch.nonzero(low).flatten()
     num_low = low_idx.numel()
     want = max(n - int(target), 0)
+    if ratio is not None:
+        want = int(round(float(ratio) * num_low))
     drop = min(want, num_low)
     dropped = low_idx[torch.randperm(num_low, generator=gen)[:drop]]
     keep = torch.ones(n, dtype=torch.bool)

@@ -154,3 +154,48 @@ def test_loss_is_the_weighted_mean_of_per_sample_losses():
     loss.set_batch(torch.arange(6), None, None)
     assert torch.equal(loss(s, t), MODELS.build(dict(cfg, _scope_='mmrazor'))(
         s, t))
+
+
+def test_infobatch_at_its_own_fixed_ratio_drops_half_the_below_mean():
+    """InfoBatch's paper: r = 0.5 of the below-mean samples every pruned
+    epoch, whatever the budget; the last epoch trains on all data."""
+    with pytest.raises(ValueError, match='infobatch_ratio=1.5 must lie'):
+        KCDOptions(strategy='infobatch', infobatch_ratio=1.5)
+    with pytest.raises(ValueError, match="strategy='infobatch' only"):
+        KCDOptions(strategy='random', infobatch_ratio=0.5)
+    state = _fed_state('infobatch', epochs=4, infobatch_ratio=0.5)
+    below = int((state.selector.latest < state.selector.latest.mean()).sum())
+    record = state.estep(1)
+    assert record.extra['below_mean'] == below
+    assert record.kept == record.extra['target'] == 100 - round(below / 2)
+    assert record.extra['prune_ratio'] == pytest.approx(
+        round(below / 2) / below)
+    assert record.extra['loss_weight'] == pytest.approx(
+        below / (below - round(below / 2)))
+    assert state.planned_sizes(1) == [record.kept, record.kept, 100]
+    state.count_epoch(record.kept)
+    state.estep(2)
+    last = state.estep(3)  # before the last epoch: all data
+    assert last.kept == 100 and last.extra['prune_ratio'] == 0.0
+    # Planned to KCD's budget (the default), the same values keep 70.
+    assert _fed_state('infobatch', epochs=4).estep(1).kept == 70
+
+
+def test_per_epoch_random_draws_kcds_sizes_afresh_every_epoch():
+    state = _fed_state('per_epoch_random', epochs=6)
+    assert state.boundaries() == [1, 2, 3, 4, 5]
+    sizes = keep_schedule(100, 0.7, 3, 1, 6)  # 100, 90, 80, 70, 70, 70
+    kept = []
+    for epoch in range(1, 6):
+        record = state.estep(epoch)
+        assert record.kept == sizes[epoch] and record.blended == 0
+        kept.append(set(state.kept.tolist()))
+    assert state.planned_sizes(3) == sizes[3:]
+    assert kept[2] != kept[3] != kept[4]  # same size, a fresh draw
+    # No state: a run resumed before epoch 4 draws what this one drew.
+    again = _fed_state('per_epoch_random', epochs=6)
+    again.estep(4)
+    assert set(again.kept.tolist()) == kept[3]
+    other = _fed_state('per_epoch_random', seed=5, epochs=6)
+    other.estep(4)
+    assert set(other.kept.tolist()) != kept[3]

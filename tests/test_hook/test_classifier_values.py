@@ -23,7 +23,6 @@ def _run(data_root, work_dir, train=True, **kwargs):
 
 
 @pytest.mark.slow
-@pytest.mark.multiprocess
 @pytest.mark.parametrize('value', ['entropy', 'teacher_kl'])
 def test_classifier_values_equal_the_wrapped_loss_values(data_root, tmp_path,
                                                          value):

@@ -14,8 +14,8 @@ from mmengine.runner import Runner
 from mmpretrain.registry import TRANSFORMS
 
 from kcd_mm import KCDHook, KCDOptions, KCDState
+from kcd_mm.core.diagnostics import degenerate_stage
 from kcd_mm.testing import make_image_folder, tiny_kcd_config
-from kcd_mm.wiring import degenerate_stage
 from helpers import kcd_hook, load_checkpoint, read_log
 
 N = 24

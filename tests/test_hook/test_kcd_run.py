@@ -10,7 +10,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from kcd_mm.testing import make_image_folder, tiny_kcd_config, write_config
-from helpers import load_checkpoint, run_tool, stage_records
+from helpers import load_checkpoint, read_log, run_tool, stage_records
 
 N, BATCH = 60, 8
 
@@ -64,6 +64,45 @@ def test_runner_eta_and_sampler_follow_the_schedule(data_root, tmp_path):
     assert [s['blended'] for s in stage_records(cfg.work_dir)] == [0, 0, 0]
     sampler = runner.train_dataloader.sampler
     assert sampler.kept_size == 42 and len(runner.train_dataloader) == 6
+
+
+def test_the_log_ends_with_the_run_share_of_kd(data_root, tmp_path):
+    """The last E-step's line gives the share so far (after epoch 3);
+    the run's last KCD line gives the whole run's, epoch 4 included."""
+    cfg = Config(tiny_kcd_config(data_root, theta=0.7, summary=False))
+    cfg.work_dir = str(tmp_path / 'work')
+    Runner.from_cfg(cfg).train()
+    # kept 60, 54, 48, 42 over the four epochs; KD trains 4 x 60.
+    kcd_lines = [line.split(' - ')[-1] for line in
+                 read_log(cfg.work_dir).splitlines() if ' - KCD' in line]
+    assert 'samples trained 162 = 0.900 of KD' in kcd_lines[-2]
+    assert kcd_lines[-1] == ('KCD run done: 204 samples trained = 0.850 of '
+                             "KD's 240 over 4 epochs.")
+
+
+@pytest.mark.slow
+def test_cpu_threads_are_chosen_once_per_process(data_root, tmp_path,
+                                                 monkeypatch):
+    """Without OMP_NUM_THREADS, KCDHook gives torch a thread per idle
+    core, unless the process already chose (kcd_mm's tools do)."""
+    from kcd_mm import cpu_threads
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.setattr(cpu_threads, '_chosen', None)
+    lines = []
+    try:
+        for run in ('first', 'second'):
+            cfg = Config(tiny_kcd_config(data_root, max_epochs=2,
+                                         summary=False))
+            cfg.work_dir = str(tmp_path / run)
+            Runner.from_cfg(cfg).train()
+            lines.append([line for line in read_log(cfg.work_dir).split(
+                '\n') if 'CPU run:' in line])
+            if run == 'first':
+                assert cpu_threads.chosen() == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(1)  # conftest's, for the tests that follow
+    assert len(lines[0]) == 1 and 'torch thread(s) (' in lines[0][0]
+    assert lines[1] == []
 
 
 @pytest.mark.parametrize('broken, message', [

@@ -87,7 +87,6 @@ def _final_state(work_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.multiprocess
 def test_random_keeps_kcds_sizes_other_samples_and_resumes(
         data_root, tmp_path):
     kcd_dir, rnd_dir = str(tmp_path / 'kcd'), str(tmp_path / 'random')
@@ -112,6 +111,32 @@ def test_random_keeps_kcds_sizes_other_samples_and_resumes(
         assert _kept(resumed, stage) == _kept(rnd_dir, stage)
     assert torch.equal(_final_state(resumed)['kept'],
                        _final_state(rnd_dir)['kept'])
+
+
+@pytest.mark.slow
+def test_per_epoch_random_draws_kcds_sizes_afresh_and_resumes(
+        data_root, tmp_path):
+    """RS2's baseline: every epoch a new uniform subset of KCD's size for
+    that epoch, KCD's budget exactly; resumed, the same draws follow."""
+    work = str(tmp_path / 'rs2')
+    _run(data_root, work, strategy='per_epoch_random')
+    records = _records(work)
+    assert [r['kept'] for r in records] == SIZES[1:]
+    assert [r['epoch'] for r in records] == list(range(1, EPOCHS))
+    assert all(r['blended'] == 0 for r in records)
+    assert _final_state(work)['sample_iters'] == BUDGET
+    kept = [_kept(work, stage) for stage in range(1, EPOCHS)]
+    assert all(len(k) == size for k, size in zip(kept, SIZES[1:]))
+    # A fresh draw every epoch, also within a stage of KCD's (epochs 4-8
+    # all train 48): a dropped sample comes back.
+    assert len({frozenset(k) for k in kept[2:]}) == len(kept[2:])
+    assert kept[3] - kept[2]
+    resumed = str(tmp_path / 'resumed')
+    _run(data_root, resumed, strategy='per_epoch_random',
+         resume_from=osp.join(work, 'epoch_3.pth'))
+    assert [r['kept'] for r in _records(resumed)] == SIZES[1:]
+    for stage in range(4, EPOCHS):
+        assert _kept(resumed, stage) == _kept(work, stage)
 
 
 @pytest.fixture(scope='module')

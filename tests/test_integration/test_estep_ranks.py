@@ -66,7 +66,7 @@ def test_two_ranks_equal_one_process(tmp_path):
 
 def _dataset_worker(rank, world, init_file, out):
     import kcd_mm  # noqa: F401
-    from kcd_mm.wiring import check_same_dataset_on_ranks
+    from kcd_mm.checks import check_same_dataset_on_ranks
     dist.init_process_group('gloo', init_method=f'file://{init_file}',
                             rank=rank, world_size=world)
     try:

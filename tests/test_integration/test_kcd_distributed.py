@@ -66,6 +66,8 @@ def test_two_ranks_share_one_kcd_state(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize('strategy, diff_rank_seed', [('random', False),
                                                       ('infobatch', False),
+                                                      ('per_epoch_random',
+                                                       False),
                                                       ('random', True)])
 def test_two_ranks_agree_on_comparison_strategies(strategy, diff_rank_seed,
                                                   tmp_path):

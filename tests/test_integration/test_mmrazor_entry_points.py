@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import re
 import site
 import subprocess
 import sys
@@ -29,7 +30,8 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 from kcd_mm.testing import (make_image_folder, make_imagenet_folder,
-                            tiny_classifier, tiny_kcd_config, write_config)
+                            tiny_classifier, tiny_kcd_config, tiny_kd_config,
+                            write_config)
 from helpers import read_jsonl, run_tool, stage_records
 
 PTH = 'kcd_mm_mmrazor_hook.pth'
@@ -158,6 +160,38 @@ def test_mmrazor_train_runs_a_kcd_config(tmp_path):
     assert stages[0]['num_samples'] == 24
     assert stages[0]['values_recorded'] == 24
     assert stages[0]['kept'] < 24
+
+
+CPU_RUN = re.compile(r'CPU run: (\d+) torch thread\(s\) \((\d+) cores, '
+                     r'load [0-9.]+, 1 process\(es\) of this run here')
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_mmrazor_train_chooses_cpu_threads_for_kcd_runs_only(tmp_path):
+    """Without OMP_NUM_THREADS, MMRazor's tools/train.py leaves torch's
+    threads to KCDHook in a KCD run (one per idle core, as kcd_mm's
+    tools/train.py), and to torch in a run without KCD."""
+    root = make_image_folder(str(tmp_path / 'images'), num_images=16,
+                             num_classes=2, size=16)
+    no_omp = dict(OMP_NUM_THREADS=None)
+    kcd = write_config(
+        tiny_kcd_config(root, max_epochs=2, batch_size=8, num_classes=2),
+        str(tmp_path / 'kcd_tiny.py'))
+    out = run_tool([MMRAZOR_TRAIN, kcd, '--work-dir', str(tmp_path / 'kcd')],
+                   env=no_omp, timeout=300).stdout
+    chosen = CPU_RUN.findall(out)
+    assert len(chosen) == 1, out[-3000:]
+    threads, cores = (int(n) for n in chosen[0])
+    assert 1 <= threads <= cores
+    assert stage_records(str(tmp_path / 'kcd'))[0]['stage'] == 1
+
+    kd = write_config(tiny_kd_config(root, max_epochs=1, batch_size=8),
+                      str(tmp_path / 'kd_tiny.py'))
+    out = run_tool([MMRAZOR_TRAIN, kd, '--work-dir', str(tmp_path / 'kd')],
+                   env=no_omp, timeout=300).stdout
+    assert osp.isfile(str(tmp_path / 'kd' / 'epoch_1.pth')), out[-3000:]
+    assert 'CPU run:' not in out
 
 
 STOCK_KD = osp.join(DISTILL, 'kd', 'kd_logits_resnet34_resnet18_8xb32_in1k.py')

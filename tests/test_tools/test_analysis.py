@@ -208,7 +208,7 @@ def _section(lines, title_start):
 def test_inspect_kcd_table_and_dropped_files(run):
     work_dir, _ = run
     out = run_tool(['tools/analysis/inspect_kcd.py', work_dir, '--top', '5',
-                    '--max-dropped', '0']).stdout
+                    '--all-dropped']).stdout
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines)
                   if line.split()[:2] == ['stage', 'epoch'])
@@ -221,8 +221,8 @@ def test_inspect_kcd_table_and_dropped_files(run):
             r['sample_iters'], r['full_kd_sample_iters']]
         assert float(row[8]) == pytest.approx(
             100 * r['sample_iters'] / r['full_kd_sample_iters'], abs=0.05)
-        assert float(row[9]) == pytest.approx(r['value_mean'], abs=1e-4)
-        assert float(row[10]) == pytest.approx(r['value_std'], abs=1e-4)
+        # five significant digits
+        assert row[9:11] == [f"{r['value_mean']:.5g}", f"{r['value_std']:.5g}"]
     assert 'at epoch_4.pth (epoch 4): 180 samples trained on, plain KD 240' \
         in out
 
@@ -241,8 +241,50 @@ def test_inspect_kcd_table_and_dropped_files(run):
         assert 1 <= int(since) <= 3
         assert osp.isfile(path), path
         assert cls == f'class_{_class_of(path)}'
-        assert float(score) == pytest.approx(last.scores[int(index)],
-                                             abs=1e-4)
+        assert score == f'{last.scores[int(index)]:.5g}'
+
+
+def test_inspect_kcd_caps_the_dropped_listing(run, capsys):
+    work_dir, _ = run
+    inspect_kcd = _tool('tools/analysis/inspect_kcd.py')
+    for argv, shown in (([], 20), (['--max-dropped', '5'], 5),
+                        (['--all-dropped'], 30)):
+        inspect_kcd.main([work_dir] + argv)
+        lines = capsys.readouterr().out.splitlines()
+        assert len(_section(lines, '30 samples dropped at stage 3')) == shown
+        more = [line for line in lines if line.startswith('... and')]
+        assert more == ([] if shown == 30 else [
+            f'... and {30 - shown} more (--all-dropped prints all, '
+            '--dropped-csv writes all)'
+        ]), argv
+
+
+def test_inspect_kcd_keeps_the_digits_of_small_values(tmp_path, capsys):
+    """A student that does not train (lr 0): its entropies sit near
+    log 3, so the stage's value std is a few 1e-4 and the scores differ
+    in their fourth decimal; both keep five significant digits."""
+    data = make_image_folder(str(tmp_path / 'images'), num_images=N,
+                             num_classes=CLASSES, size=16)
+    cfg = tiny_kcd_config(data, max_epochs=2, batch_size=BATCH)
+    cfg['optim_wrapper']['optimizer']['lr'] = 0.0
+    work_dir = str(tmp_path / 'work')
+    helpers.train_here(cfg, work_dir)
+    record, = read_records(work_dir)
+    assert 0 < record['value_std'] < 1e-3
+
+    _tool('tools/analysis/inspect_kcd.py').main([work_dir, '--top', '3'])
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines)
+                  if line.split()[:2] == ['stage', 'epoch'])
+    std = lines[header + 1].split()[10]
+    assert std == f"{record['value_std']:.5g}"
+    assert float(std) == pytest.approx(record['value_std'], rel=1e-4)
+    snap = read_snapshots(work_dir)[-1]
+    for index, score, mean_value, *_ in _section(lines, '3 most valuable'):
+        i = int(index)
+        assert float(score) == pytest.approx(snap.scores[i], rel=1e-5)
+        assert float(mean_value) == pytest.approx(snap.mean_values[i],
+                                                  rel=1e-5)
 
 
 # --------------------------------------------------- damaged snapshots

@@ -3,7 +3,8 @@
 Usage::
 
     python tools/analysis/inspect_kcd.py WORK_DIR [--top K]
-        [--max-dropped M] [--dropped-csv FILE] [--config CFG]
+        [--max-dropped M | --all-dropped] [--dropped-csv FILE]
+        [--config CFG]
 
 Prints
 
@@ -14,7 +15,14 @@ Prints
   score, mean value, status, class, file);
 * the samples dropped at the last stage, least valuable first, with their
   files, so that one can look at the images KCD decided it could do
-  without (``--dropped-csv`` writes all of them to a CSV file).
+  without: the first ``--max-dropped`` (20) and a ``... and N more`` line;
+  ``--all-dropped`` prints all of them, ``--dropped-csv`` writes all of
+  them to a CSV file.
+
+Values and scores are printed with five significant digits (``{:.5g}``):
+a confident student's small values (or a near-constant stage's value
+std) keep their digits instead of rounding to 0.0000, and values near 1
+keep their four decimals.
 
 Classes and files come from the training dataset, rebuilt from the config
 mmengine dumped into the work dir (or ``--config``); without it the
@@ -41,8 +49,8 @@ TABLE = (('stage', 5, '{:d}'), ('epoch', 5, '{:d}'), ('kept', 9, '{:d}'),
          ('blended', 8, '{:d}'), ('dropped', 9, '{:d}'),
          ('kept%', 6, '{:.1f}'), ('samples', 11, '{:d}'),
          ('kd_samples', 11, '{:d}'), ('vs_kd%', 6, '{:.1f}'),
-         ('value_mean', 10, '{:.4f}'), ('value_std', 9, '{:.4f}'),
-         ('estep_ms', 9, '{:.1f}'))
+         ('value_mean', 10, '{:.5g}'), ('value_std', 9, '{:.5g}'),
+         ('estep_ms', 9, '{:.3g}'))
 
 
 def stage_rows(records):
@@ -113,7 +121,7 @@ def print_samples(title, indices, snap, status, info, extra=None) -> None:
         header.append(extra[0])
     rows = []
     for n, (i, cls) in enumerate(zip(indices, info.classes(indices))):
-        row = [f'{i:d}', f'{snap.scores[i]:.4f}', f'{snap.mean_values[i]:.4f}',
+        row = [f'{i:d}', f'{snap.scores[i]:.5g}', f'{snap.mean_values[i]:.5g}',
                status[i], cls]
         if extra is not None:
             row.append(str(extra[1][n]))
@@ -133,8 +141,10 @@ def parse_args(argv=None):
     parser.add_argument('work_dir', help='work dir of a KCD run')
     parser.add_argument('--top', type=int, default=10,
                         help='most/least valuable samples to list')
-    parser.add_argument('--max-dropped', type=int, default=100,
+    parser.add_argument('--max-dropped', type=int, default=20,
                         help='dropped samples to print (0: all)')
+    parser.add_argument('--all-dropped', action='store_true',
+                        help='print every dropped sample')
     parser.add_argument('--dropped-csv',
                         help='write every dropped sample to this CSV file')
     parser.add_argument('--config', help='config to rebuild the training '
@@ -194,7 +204,7 @@ def main(argv=None) -> None:
     dropped = snap.dropped()
     dropped = dropped[np.lexsort((dropped, snap.scores[dropped]))]
     since = analysis.dropped_since(snapshots)
-    shown = dropped if args.max_dropped <= 0 else \
+    shown = dropped if args.all_dropped or args.max_dropped <= 0 else \
         dropped[:args.max_dropped]
     print_samples(
         f'{len(dropped)} samples dropped at stage {snap.stage} '
@@ -205,7 +215,7 @@ def main(argv=None) -> None:
         print(f'({type(info.dataset).__name__} holds its images in memory, '
               'no files: sample i is dataset[i])')
     if len(shown) < len(dropped):
-        print(f'... and {len(dropped) - len(shown)} more (--max-dropped 0 '
+        print(f'... and {len(dropped) - len(shown)} more (--all-dropped '
               'prints all, --dropped-csv writes all)')
     if args.dropped_csv:
         os.makedirs(osp.dirname(osp.abspath(args.dropped_csv)),

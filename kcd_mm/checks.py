@@ -1,151 +1,26 @@
-"""How KCDHook finds its partners in a Runner, and what it refuses.
+"""Every check KCDHook makes of a run before spending training time.
 
-Everything here runs in ``before_train``, before the first iteration, so
-a configuration KCD cannot run fails with the option and the fix named
-before any training time is spent.
+Each refusal raises with the option, the value and the fix named; each
+warning is logged before the first iteration. KCDHook calls them in
+``before_train`` (and :func:`check_first_batch` on the first batch).
 """
-import hashlib
 import math
 from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from mmengine.dataset import ClassBalancedDataset, ConcatDataset, RepeatDataset
-from mmengine.dist import all_gather_object, broadcast
+from mmengine.dist import all_gather_object
 from mmengine.runner import EpochBasedTrainLoop
 
 from .core.condensation import iterations_per_epoch, keep_schedule
+from .core.diagnostics import SINGLE_CLASS_WHY
 from .core.options import KCDOptions
 from .core.sample_key import index_of
-from .dataset import KnowledgeSummaryDataset
+from .dataset import KnowledgeSummaryDataset, unwrap_summary
 from .labels import dataset_labels
 from .loss import ValueWeightedLoss
-from .sampler import KCDSampler
-from .tap import find_classifier_in, model_parts
-
-
-def find_sampler(loader) -> KCDSampler:
-    """The loader's :class:`KCDSampler` (plain or inside a batch sampler)."""
-    sampler = loader.sampler
-    if not isinstance(sampler, KCDSampler):
-        sampler = getattr(loader.batch_sampler, 'sampler', None)
-    if not isinstance(sampler, KCDSampler):
-        raise TypeError(
-            'KCDHook needs train_dataloader.sampler='
-            "dict(type='mmrazor.KCDSampler', shuffle=True); got "
-            f'{type(loader.sampler).__name__}.')
-    return sampler
-
-
-def find_classifier(model) -> Optional[nn.Module]:
-    """The student's classifier (see :func:`tap.find_classifier_in`);
-    None when there is none."""
-    try:
-        return find_classifier_in(model_parts(model)[0])[0]
-    except ValueError:
-        return None
-
-
-def weights_digest(module: Optional[nn.Module]) -> Optional[bytes]:
-    """A digest of a module's parameters, to tell whether it changed."""
-    if module is None:
-        return None
-    digest = hashlib.sha1()
-    for param in module.parameters():
-        digest.update(param.detach().cpu().float().numpy().tobytes())
-    return digest.digest()
-
-
-def degenerate_stage(value_mean: float, value_std: float,
-                     classifier_changed: Optional[bool]) -> Optional[str]:
-    """Why a stage's values cannot rank samples, or None when they can:
-    the student's classifier did not change, or the values are (near)
-    constant (std below 1e-3 of the mean)."""
-    if classifier_changed is False:
-        return 'the student classifier did not change during the stage'
-    if math.isfinite(value_std) and value_std <= 1e-3 * abs(value_mean):
-        return (f'the values are near constant (std {value_std:.3g}, mean '
-                f'{value_mean:.3g})')
-    return None
-
-
-#: why the values of a stage that trains no classifier cannot rank
-NO_CLASSIFIER_CAUSE = (
-    'a stage that trains no classifier (e.g. ABLoss stage 1, Factor '
-    'Transfer pretraining); run KCD only in stages that train the student '
-    "head, or use strategy='random' knowingly.")
-
-
-#: why one class gives values that cannot rank, and the fix
-SINGLE_CLASS_WHY = (
-    'every prediction is certain, so the entropy (as any value of a '
-    'one-way softmax) is 0 for every sample and each E-step prunes at '
-    "random. KCD needs two classes or more: on one-class data drop KCD, or "
-    "use strategy='random' knowingly.")
-
-
-def degenerate_cause(out_features: Optional[int],
-                     num_classes: Optional[int]) -> str:
-    """The likely cause of a degenerate stage (see :func:`degenerate_stage`)
-    to name in its warning: a single class where the classifier or the
-    dataset has one, else a stage that trains no classifier."""
-    if 1 in (out_features, num_classes):
-        return f'a single class: {SINGLE_CLASS_WHY}'
-    return NO_CLASSIFIER_CAUSE
-
-
-def setup_warnings(options: KCDOptions, boundaries: Sequence[int],
-                   max_epochs: int, out_features: Optional[int],
-                   num_classes: Optional[int]) -> List[str]:
-    """What KCD can run, but not to the purpose its options suggest: each
-    a warning before training, not a refusal, since the run is still
-    sound.
-
-    * No E-step in the run (``stage_epochs == max_epochs``): KCD trains
-      the full set every epoch and only records values. Kept, not
-      refused: it measures KCD's overhead, and its checkpoints carry the
-      values, so a longer resumed run condenses where this one stopped.
-    * A single class (one classifier output, or one class in the
-      dataset): every value is 0, so each E-step prunes at random.
-    * More classifier outputs than the dataset has classes (a 1000-way
-      ImageNet head on a 2-class set): the entropy spreads over outputs
-      no sample has, starts near ln(out_features) for every sample, and
-      ranks by noise until the extra outputs are trained down.
-
-    Args:
-        options: the E-step options.
-        boundaries: epochs completed at each E-step of the run.
-        max_epochs: the train loop's ``max_epochs``.
-        out_features: the student classifier's outputs (None if unknown).
-        num_classes: the dataset's classes (None if unknown), see
-            :func:`kcd_mm.labels.class_count`.
-    """
-    messages = []
-    if not boundaries:
-        messages.append(
-            f'KCDHook stage_epochs={options.stage_epochs} with '
-            f'train_cfg.max_epochs={max_epochs} runs no E-step (E-steps '
-            'come after epochs stage_epochs, 2 x stage_epochs, ... before '
-            'the last): KCD trains the full set every epoch, as plain KD, '
-            'and only records values. To condense, choose stage_epochs <= '
-            'max_epochs / 2 (or run longer); this is fine only to measure '
-            "KCD's overhead or for a run that a longer resume continues.")
-    if out_features == 1 or (num_classes == 1 and not out_features):
-        which = ('the student classifier has out_features=1'
-                 if out_features == 1 else 'the training set has 1 class')
-        messages.append(f'KCD: {which} (a single class): '
-                        f'{SINGLE_CLASS_WHY}')
-    elif out_features and num_classes and out_features > num_classes:
-        messages.append(
-            f'KCD: the student classifier has out_features={out_features}'
-            f' but the training set has {num_classes} classes: the values '
-            f'see all {out_features} outputs (the entropy starts near '
-            f'ln({out_features}) = {math.log(out_features):.2f} for every '
-            'sample) and rank the samples by noise until the extra outputs '
-            "are trained down. Set the student's (and the teacher's) head "
-            f'num_classes={num_classes}, or check that the dataset holds '
-            'the classes the head was built for.')
-    return messages
+from .tap import model_parts
 
 
 def check_not_data_free(model) -> None:
@@ -172,21 +47,6 @@ def check_single_hook(hooks, hook_type: type) -> None:
             f'custom_hooks holds {count} KCDHooks; a run takes exactly one '
             '(each would condense the same sampler). Keep one '
             "dict(type='mmrazor.KCDHook', ...).")
-
-
-def find_recording_loss(model) -> Optional[ValueWeightedLoss]:
-    """The model's one :class:`ValueWeightedLoss` with ``record=True``;
-    None when there is none (KCD then reads the classifier itself)."""
-    losses = [
-        m for m in model.modules()
-        if isinstance(m, ValueWeightedLoss) and m.record
-    ]
-    if len(losses) > 1:
-        raise ValueError(
-            'KCDHook takes its values from one recording ValueWeightedLoss, '
-            f'found {len(losses)}: set record=False on all but one, or on '
-            'all of them (KCD then reads the student classifier itself).')
-    return losses[0] if losses else None
 
 
 def check_loss_inputs(model, loss: ValueWeightedLoss) -> None:
@@ -280,24 +140,58 @@ def check_setup(options: KCDOptions, dataset, loop, sampler,
             'the batch size, or set drop_last=False.')
 
 
-def batch_ids(samples, with_labels: bool):
-    """``(sample_idx, labels)`` of a batch's data samples; labels (first
-    label of each) only when asked for and present, else None."""
-    try:
-        # In the metainfo (PackInputs), or a data field (MMRazor's
-        # PackCRDClsInputs).
-        idx = [s.metainfo['sample_idx'] if 'sample_idx' in s.metainfo
-               else int(s.sample_idx) for s in samples]
-    except (KeyError, AttributeError):
-        raise KeyError(
-            'KCD needs sample_idx in every data sample, in its metainfo '
-            "(PackInputs) or as a data field (MMRazor's PackCRDClsInputs): "
-            'use an mmengine BaseDataset (it adds sample_idx) and a '
-            'pipeline that keeps it.') from None
-    labels = None
-    if with_labels and 'gt_label' in samples[0]:
-        labels = torch.cat([s.gt_label.reshape(-1)[:1] for s in samples])
-    return torch.tensor(idx, dtype=torch.int64), labels
+def setup_warnings(options: KCDOptions, boundaries: Sequence[int],
+                   max_epochs: int, out_features: Optional[int],
+                   num_classes: Optional[int]) -> List[str]:
+    """What KCD can run, but not to the purpose its options suggest: each
+    a warning before training, not a refusal, since the run is still
+    sound.
+
+    * No E-step in the run (``stage_epochs == max_epochs``): KCD trains
+      the full set every epoch and only records values. Kept, not
+      refused: it measures KCD's overhead, and its checkpoints carry the
+      values, so a longer resumed run condenses where this one stopped.
+    * A single class (one classifier output, or one class in the
+      dataset): every value is 0, so each E-step prunes at random.
+    * More classifier outputs than the dataset has classes (a 1000-way
+      ImageNet head on a 2-class set): the entropy spreads over outputs
+      no sample has, starts near ln(out_features) for every sample, and
+      ranks by noise until the extra outputs are trained down.
+
+    Args:
+        options: the E-step options.
+        boundaries: epochs completed at each E-step of the run.
+        max_epochs: the train loop's ``max_epochs``.
+        out_features: the student classifier's outputs (None if unknown).
+        num_classes: the dataset's classes (None if unknown), see
+            :func:`kcd_mm.labels.class_count`.
+    """
+    messages = []
+    if not boundaries:
+        messages.append(
+            f'KCDHook stage_epochs={options.stage_epochs} with '
+            f'train_cfg.max_epochs={max_epochs} runs no E-step (E-steps '
+            'come after epochs stage_epochs, 2 x stage_epochs, ... before '
+            'the last): KCD trains the full set every epoch, as plain KD, '
+            'and only records values. To condense, choose stage_epochs <= '
+            'max_epochs / 2 (or run longer); this is fine only to measure '
+            "KCD's overhead or for a run that a longer resume continues.")
+    if out_features == 1 or (num_classes == 1 and not out_features):
+        which = ('the student classifier has out_features=1'
+                 if out_features == 1 else 'the training set has 1 class')
+        messages.append(f'KCD: {which} (a single class): '
+                        f'{SINGLE_CLASS_WHY}')
+    elif out_features and num_classes and out_features > num_classes:
+        messages.append(
+            f'KCD: the student classifier has out_features={out_features}'
+            f' but the training set has {num_classes} classes: the values '
+            f'see all {out_features} outputs (the entropy starts near '
+            f'ln({out_features}) = {math.log(out_features):.2f} for every '
+            'sample) and rank the samples by noise until the extra outputs '
+            "are trained down. Set the student's (and the teacher's) head "
+            f'num_classes={num_classes}, or check that the dataset holds '
+            'the classes the head was built for.')
+    return messages
 
 
 def check_first_batch(sampler, sample_idx: torch.Tensor) -> None:
@@ -332,21 +226,6 @@ def check_same_dataset_on_ranks(num_samples: int, fingerprint) -> None:
             f'rank: {seen}); KCD merges values by position, so every rank '
             'must build the same dataset (same ann_file, data_root, '
             'indices).')
-
-
-def shared_seed(seed: int) -> int:
-    """Rank 0's seed on every rank: random selections must be identical on
-    all ranks, also with ``randomness.diff_rank_seed=True``."""
-    value = torch.tensor([int(seed)], dtype=torch.int64)
-    broadcast(value, src=0)
-    return int(value)
-
-
-def unwrap_summary(dataset):
-    """The dataset inside a KnowledgeSummaryDataset (else ``dataset``)."""
-    if isinstance(dataset, KnowledgeSummaryDataset):
-        return dataset.dataset
-    return dataset
 
 
 def class_labels(dataset) -> torch.Tensor:
