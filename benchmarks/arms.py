@@ -7,6 +7,7 @@ lists a mode's arms: the main ones (:data:`ARMS`, seeds per
 ``Mode.seeds``), the budget curve and the ablations.
 """
 import glob
+import hashlib
 import json
 import os
 import os.path as osp
@@ -221,17 +222,40 @@ def _top1(rows: List[Dict]) -> Optional[float]:
     return hits[-1] if hits else None
 
 
-def _committed(arm: Arm, opts: List[str]) -> Optional[Dict]:
+def teacher_sha256(arm: Arm, mode: Mode) -> Optional[str]:
+    """The sha256 of the teacher file the arm distils from (None: no
+    teacher, or none on disk yet)."""
+    if arm.arm == 'student':
+        return None
+    default = (mode.teacher or (None, TEACHER))[1]
+    path = osp.join(ROOT, arm.cfg.get('model.teacher_ckpt') or default)
+    if not osp.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _committed(arm: Arm, mode: Mode, opts: List[str]) -> Optional[Dict]:
     """The arm's result in a committed ``benchmarks/results/bench_*.json``
     (a run of an earlier session, whose work dir is gone), when one holds
-    an arm of the same name run with the same options."""
+    an arm of the same name run with the same options (and, with
+    ``mode.same_teacher``, the same teacher file)."""
+    teacher = teacher_sha256(arm, mode) if mode.same_teacher else None
     for path in sorted(glob.glob(osp.join(ROOT, 'benchmarks', 'results',
                                           'bench_*.json'))):
         with open(path) as f:
             for result in json.load(f).get('arms', []):
-                if result.get('name') == arm.name and result.get(
-                        'cfg_options') == opts:
-                    return dict(result, from_json=osp.basename(path))
+                if result.get('name') != arm.name or result.get(
+                        'cfg_options') != opts:
+                    continue
+                if mode.same_teacher and (
+                        teacher is None
+                        or result.get('teacher_sha256') != teacher):
+                    continue
+                return dict(result, from_json=osp.basename(path))
     return None
 
 
@@ -247,7 +271,7 @@ def finished(arm: Arm, mode: Mode, root: str) -> Optional[Dict]:
         with open(result_path) as f:
             cached = json.load(f)
     if cached is None or cached['cfg_options'] != opts:
-        cached = _committed(arm, opts)
+        cached = _committed(arm, mode, opts)
     if cached is None:
         return None
     return dict(cached, reused=True)
@@ -311,6 +335,7 @@ def run_arm(arm: Arm, mode: Mode, root: str, force: bool) -> Dict:
         sample_iters=mode.n_train * mode.epochs,
         train_seconds=round(train_seconds, 1),
         started_at=round(started_at, 1),
+        teacher_sha256=teacher_sha256(arm, mode),
         ended_at=round(started_at + train_seconds, 1),
         seconds_per_iter=statistics.median(iter_times)
         if iter_times else None,
