@@ -7,7 +7,6 @@ lists a mode's arms: the main ones (:data:`ARMS`, seeds per
 ``Mode.seeds``), the budget curve and the ablations.
 """
 import glob
-import hashlib
 import json
 import os
 import os.path as osp
@@ -20,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from kcd_mm import analysis, records
+from cache import cached_result, file_sha256
 from modes import ROOT, Mode, choose_schedule  # first: ROOT on sys.path
 
 # Where tools/run_demo.sh keeps the teacher (it honours TEACHER_DIR too).
@@ -228,53 +228,21 @@ def teacher_sha256(arm: Arm, mode: Mode) -> Optional[str]:
     if arm.arm == 'student':
         return None
     default = (mode.teacher or (None, TEACHER))[1]
-    path = osp.join(ROOT, arm.cfg.get('model.teacher_ckpt') or default)
-    if not osp.isfile(path):
-        return None
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _committed(arm: Arm, mode: Mode, opts: List[str]) -> Optional[Dict]:
-    """The arm's result in a committed ``benchmarks/results/bench_*.json``
-    (a run of an earlier session, whose work dir is gone), when one holds
-    an arm of the same name run with the same options (and, with
-    ``mode.same_teacher``, the same teacher file)."""
-    teacher = teacher_sha256(arm, mode) if mode.same_teacher else None
-    for path in sorted(glob.glob(osp.join(ROOT, 'benchmarks', 'results',
-                                          'bench_*.json'))):
-        with open(path) as f:
-            for result in json.load(f).get('arms', []):
-                if result.get('name') != arm.name or result.get(
-                        'cfg_options') != opts:
-                    continue
-                if mode.same_teacher and (
-                        teacher is None
-                        or result.get('teacher_sha256') != teacher):
-                    continue
-                return dict(result, from_json=osp.basename(path))
-    return None
+    return file_sha256(
+        osp.join(ROOT, arm.cfg.get('model.teacher_ckpt') or default))
 
 
 def finished(arm: Arm, mode: Mode, root: str) -> Optional[Dict]:
-    """The arm's cached result (``reused=True``): from its work dir, or
-    from a committed results json (:func:`_committed`); None when it has
-    not finished or ran with other options (the mode's settings
-    changed)."""
-    opts = cfg_options(arm, mode)
-    result_path = osp.join(root, arm.name, 'bench_result.json')
-    cached = None
-    if osp.isfile(result_path):
-        with open(result_path) as f:
-            cached = json.load(f)
-    if cached is None or cached['cfg_options'] != opts:
-        cached = _committed(arm, mode, opts)
-    if cached is None:
-        return None
-    return dict(cached, reused=True)
+    """The arm's cached result (``reused=True``, see :mod:`cache`; from
+    an earlier session with ``mode.across_sessions``), or None when it has
+    not finished or ran with other options (or, with
+    ``mode.same_teacher``, from another teacher file)."""
+    teacher = teacher_sha256(arm, mode) if mode.same_teacher else None
+    if mode.same_teacher and teacher is None and arm.arm != 'student':
+        return None  # no teacher on disk yet: nothing can match it
+    return cached_result(arm.name, cfg_options(arm, mode),
+                         osp.join(root, arm.name), teacher,
+                         committed=mode.across_sessions)
 
 
 def run_arm(arm: Arm, mode: Mode, root: str, force: bool) -> Dict:

@@ -50,10 +50,10 @@ set is evaluated at the end, on the last checkpoint and on the held-out
 best one, reported, and used for nothing.
 
 Each arm runs in its own process with one OpenMP thread, ``--jobs`` at a
-time; a finished arm (``bench_result.json`` in its work dir, or, from an
-earlier session, the same arm with the same options in a committed
-``benchmarks/results/bench_*.json``) is not run again unless ``--force``
-or its options changed. Also runs
+time; a finished arm (``bench_result.json`` in its work dir, or, in the
+paper and efficiency modes, the same arm with the same options in a
+committed ``benchmarks/results/bench_*.json`` from an earlier session) is
+not run again unless ``--force`` or its options changed. Also runs
 benchmarks/bench_estep.py and benchmarks/bench_overhead.py. Writes
 benchmarks/results/bench_MODE.json, docs/img/bench_MODE_*.png, and the
 MODE section of docs/results.md.

@@ -66,7 +66,8 @@ class KCDHook(Hook):
 
     ``strategy`` swaps the selection for a comparison at KCD's sample
     budget (see :mod:`kcd_mm.core.selection`): ``'random'`` keeps random
-    subsets of KCD's sizes at the same boundaries; ``'infobatch'`` prunes
+    subsets of KCD's sizes at the same boundaries; ``'per_epoch_random'``
+    draws a fresh one of KCD's size every epoch; ``'infobatch'`` prunes
     every epoch and hands each batch's loss weights to the
     :class:`ValueWeightedLoss` (which rescales the wrapped distill loss
     only, not the student's own CE), one record per epoch.
@@ -179,7 +180,7 @@ class KCDHook(Hook):
         an accelerator, torch's CPU threads as kcd_mm's tools choose them
         (unless ``OMP_NUM_THREADS`` or the tool already chose)."""
         set_cpu_threads_for_kcd_run(runner.logger.info)
-        if make_atomic(runner.hooks) is not None:
+        if make_atomic(runner) is not None:
             runner.logger.info(
                 'KCD: checkpoints are written atomically '
                 '(CheckpointHook -> mmrazor.AtomicCheckpointHook).')

@@ -172,10 +172,13 @@ def _die_writing(f, data: bytes) -> None:
 class CheckpointKillHook(Hook):
     """SIGKILLs the run halfway through writing epoch ``epoch``'s checkpoint
     to disk, wherever mmengine (or a shim) writes it: a ``torch.save`` into
-    a real file, or mmengine's ``LocalBackend.put`` of the bytes."""
+    a real file, or mmengine's ``LocalBackend.put`` of the bytes. ``skip``
+    lets that many of the epoch's saves pass first (with ``save_best``:
+    the epoch's checkpoint, the best one, then the checkpoint saved again).
+    """
 
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         import io
@@ -183,6 +186,9 @@ class CheckpointKillHook(Hook):
 
         from mmengine.fileio import LocalBackend
         if checkpoint['meta'].get('epoch') != self.epoch:
+            return
+        if self.skip:
+            self.skip -= 1
             return
         name = f'epoch_{self.epoch}.pth'
         torch_save, put = torch.save, LocalBackend.put

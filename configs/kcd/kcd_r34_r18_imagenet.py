@@ -15,7 +15,7 @@
 # 100-epoch run: E-steps after epochs 17, 34, 51, 68, 85, each stage long
 # enough (15-17 epochs, 17 visits per kept sample) for stable value
 # averages, and each stage sees at most one lr step. With
-# N = 1,281,167 (kcd_mm.condensation.keep_schedule):
+# N = 1,281,167 (kcd_mm.core.condensation.keep_schedule):
 #   epochs   1-17   18-34     35-51     52-68     69-85     86-100
 #   kept  1281167 1217109   1153051   1088993   1024935   960877 (75.0%)
 #   -> 87.75% of KD's sample-iterations; per GPU at 8 x 32: 439,201

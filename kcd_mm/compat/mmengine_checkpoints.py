@@ -23,6 +23,7 @@ Both fixes change behaviour, so neither is applied at import:
   mmengine: a stray checkpoint is not resumed. KCDHook (auto-resume) and
   kcd_mm's ``tools/train.py --resume`` ask it.
 """
+import contextlib
 import os
 import os.path as osp
 import re
@@ -32,6 +33,7 @@ from typing import Optional, Tuple
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
+from mmengine.runner import Runner
 from mmrazor.registry import HOOKS
 
 from ..fileio import commit, write_atomically
@@ -126,12 +128,12 @@ class _DeferredRemoval:
 class AtomicCheckpointHook(CheckpointHook):
     """mmengine's CheckpointHook, but a kill never loses a checkpoint.
 
-    Same options and files. On local storage each ``epoch_N.pth`` is
-    written as ``epoch_N.pth.tmp`` and renamed into place once complete,
-    ``last_checkpoint`` likewise, and the checkpoints ``max_keep_ckpts``
-    drops (and an outdated best one) are deleted only after that: a run
-    killed while saving keeps its previous checkpoint and a
-    ``last_checkpoint`` naming it.
+    Same options and files. On local storage each checkpoint (``epoch_N``,
+    ``iter_N``, ``best_*``, and the re-save after a new best) is written as
+    ``<name>.tmp`` and renamed into place once complete, ``last_checkpoint``
+    likewise, and the checkpoints ``max_keep_ckpts`` drops (and an outdated
+    best one) are deleted only after that: a run killed while saving keeps
+    its previous checkpoint and a ``last_checkpoint`` naming it.
     """
 
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
@@ -146,21 +148,19 @@ class AtomicCheckpointHook(CheckpointHook):
         filename = self.filename_tmpl.format(step)
         self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
-        local = isinstance(self.file_backend, LocalBackend)
-        runner.save_checkpoint(
-            self.out_dir,
-            filename + '.tmp' if local else filename,
-            self.file_client_args,
-            save_optimizer=self.save_optimizer,
-            save_param_scheduler=self.save_param_scheduler,
-            meta=meta,
-            by_epoch=self.by_epoch,
-            backend_args=self.backend_args,
-            **self.args)
+        with self._atomic_saves(runner):
+            runner.save_checkpoint(
+                self.out_dir,
+                filename,
+                self.file_client_args,
+                save_optimizer=self.save_optimizer,
+                save_param_scheduler=self.save_param_scheduler,
+                meta=meta,
+                by_epoch=self.by_epoch,
+                backend_args=self.backend_args,
+                **self.args)
         if not is_main_process():
             return
-        if local:
-            commit(self.last_ckpt + '.tmp', self.last_ckpt)
         last = self.last_ckpt
         write_atomically(
             osp.join(runner.work_dir, 'last_checkpoint'),
@@ -175,6 +175,31 @@ class AtomicCheckpointHook(CheckpointHook):
             elif self.file_backend.isdir(path):  # DeepSpeed's folders
                 self.file_backend.rmtree(path)
 
+    @contextlib.contextmanager
+    def _atomic_saves(self, runner):
+        """For the duration of the block, ``runner.save_checkpoint``
+        writes ``<name>.tmp`` and renames it into place once complete (an
+        attribute of this runner, removed afterwards; nested blocks share
+        the outer one). Other storage than local files is left as it is."""
+        backend = getattr(self.file_backend, 'backend', self.file_backend)
+        if not isinstance(backend, LocalBackend) or \
+                'save_checkpoint' in vars(runner):
+            yield
+            return
+        save = runner.save_checkpoint
+
+        def atomic_save(out_dir, filename, *args, **kwargs):
+            save(out_dir, filename + '.tmp', *args, **kwargs)
+            if is_main_process():  # Runner.save_checkpoint is master-only
+                path = osp.join(out_dir, filename)
+                commit(path + '.tmp', path)
+
+        runner.save_checkpoint = atomic_save
+        try:
+            yield
+        finally:
+            del runner.save_checkpoint
+
     def _save_best_checkpoint(self, runner, metrics) -> None:
         backend = getattr(self, 'file_backend', None)
         if backend is None:
@@ -182,7 +207,8 @@ class AtomicCheckpointHook(CheckpointHook):
         deferred = _DeferredRemoval(backend)
         self.file_backend = deferred
         try:
-            super()._save_best_checkpoint(runner, metrics)
+            with self._atomic_saves(runner):
+                super()._save_best_checkpoint(runner, metrics)
         finally:
             self.file_backend = backend
         written = {getattr(self, 'last_ckpt', None),
@@ -194,12 +220,16 @@ class AtomicCheckpointHook(CheckpointHook):
                 getattr(backend, operation)(path)
 
 
-def make_atomic(hooks) -> Optional[CheckpointHook]:
-    """Turn a run's plain CheckpointHook into an
+def make_atomic(runner) -> Optional[CheckpointHook]:
+    """Turn a Runner's plain CheckpointHook into an
     :class:`AtomicCheckpointHook` (same options and state: the subclass
-    adds methods only). Returns the hook changed, or None (none, or another
-    subclass the config chose, which is left as it is)."""
-    for hook in hooks:
+    adds methods only). Returns the hook changed, or None: no plain one
+    (another subclass the config chose is left as it is), or not mmengine's
+    ``Runner`` (FlexibleRunner's strategies save folders from every
+    rank)."""
+    if not isinstance(runner, Runner):
+        return None
+    for hook in runner.hooks:
         if type(hook) is CheckpointHook:
             hook.__class__ = AtomicCheckpointHook
             return hook

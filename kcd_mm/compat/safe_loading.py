@@ -24,14 +24,18 @@ refusing ...``. Arrays come out of :func:`load` as plain ndarrays.
 
 :func:`apply` registers :func:`load_from_local` as mmengine's loader of
 local paths (``CheckpointLoader.register_scheme``, mmengine's own extension
-point), so every mmengine load (``Runner.resume``, ``load_checkpoint``, a
-distiller's ``teacher_ckpt``) runs inside the context; kcd_mm's tools call
-:func:`load`. Outside those calls torch's allow-list is the user's: kcd_mm
-never adds to it for good.
+point), so every mmengine load of a local file (``Runner.resume``,
+``load_checkpoint``, a distiller's ``teacher_ckpt``) runs inside the
+context; kcd_mm's tools call :func:`load`. Outside those calls torch's
+allow-list is the user's: kcd_mm never adds to it for good, and where the
+user allowed numpy's types themselves, their choice stands inside the
+context too. (torch's allow-list is process-wide: a user's ``torch.load``
+in another thread at the very moment of such a load sees the stand-ins.)
 """
 import contextlib
 import os.path as osp
 import pickle
+import threading
 import types
 
 import numpy as np
@@ -113,8 +117,8 @@ class _NumpyNdarray:
 class _CheckedArray(np.ndarray):
     """What numpy's ``_reconstruct`` builds in weights-only loads: an
     ndarray whose state is checked (numeric dtype, exact byte count) before
-    numpy copies the bytes in. It pickles as a plain ndarray, and a
-    HistoryBuffer turns it back into one when it is loaded."""
+    numpy copies the bytes in. It pickles as a plain ndarray, and
+    :func:`load` turns it back into one."""
 
     def __new__(cls, *args, **kwargs):
         raise pickle.UnpicklingError(
@@ -201,25 +205,48 @@ def _global_name(entry) -> str:
     return f'{entry.__module__}.{entry.__qualname__}'
 
 
+_LOCK = threading.RLock()  # one block at a time; nested blocks share it
+_DEPTH = [0]
+
+
+def _missing_stand_ins(saved: list) -> list:
+    """The stand-ins the user's allow-list does not name. Where the user
+    allowed any of numpy's types under the names the stand-ins take (the
+    real ``numpy.dtype``, ``_reconstruct``, ...), numpy is left entirely to
+    their entries: two objects under one name would make the outcome
+    depend on set order."""
+    names = {_global_name(g) for g in saved}
+    ours = [(obj, name) for obj, name in _stand_ins() if name not in names]
+    if any(name.startswith('numpy') for name in names
+           & {name for _, name in _stand_ins()}):
+        ours = [(obj, name) for obj, name in ours
+                if not name.startswith(('numpy', 'kcd_mm'))]
+    return ours
+
+
 @contextlib.contextmanager
 def checkpoint_globals():
     """Allow a Runner checkpoint's types (the stand-ins) in weights-only
-    loads inside the block; the allow-list is restored on exit. An entry
-    the user allowed under one of the stand-ins' names (e.g. the real
-    ``numpy.dtype``) is left out inside the block, so the outcome does not
-    depend on set order, and is back afterwards."""
-    serialization = torch.serialization
-    saved = serialization.get_safe_globals()
-    ours = _stand_ins()
-    names = {name for _, name in ours}
-    serialization.clear_safe_globals()
-    serialization.add_safe_globals(
-        [g for g in saved if _global_name(g) not in names] + ours)
-    try:
-        yield
-    finally:
-        serialization.clear_safe_globals()
-        serialization.add_safe_globals(saved)
+    loads inside the block; the allow-list is restored on exit. Blocks in
+    several threads run one at a time (the allow-list is process-wide)."""
+    with _LOCK:
+        if _DEPTH[0]:
+            _DEPTH[0] += 1
+            try:
+                yield
+            finally:
+                _DEPTH[0] -= 1
+            return
+        serialization = torch.serialization
+        saved = serialization.get_safe_globals()
+        serialization.add_safe_globals(_missing_stand_ins(saved))
+        _DEPTH[0] = 1
+        try:
+            yield
+        finally:
+            _DEPTH[0] = 0
+            serialization.clear_safe_globals()
+            serialization.add_safe_globals(saved)
 
 
 def _plain_arrays(obj, seen: set):

@@ -30,7 +30,7 @@ class KCDOptions:
             ``'persistent'`` (the reference: blends accumulate in each
             sample's image for the rest of training), ``'stage'`` (this
             stage's pairs only, from raw images) or False (prune only); see
-            :mod:`kcd_mm.summary`.
+            :mod:`kcd_mm.core.summary`.
         summary_terms: with ``'persistent'`` on a file dataset, the most
             original images one sample's image may combine.
         blend_label: a blended sample's label: ``'own'`` (the reference:

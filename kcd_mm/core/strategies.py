@@ -1,9 +1,9 @@
 """The math of the strategies KCD is compared with, at KCD's sample budget.
 
 ``KCDHook(strategy=...)`` picks how the kept set is chosen (the selectors
-of :mod:`kcd_mm.selection`). ``'kcd'`` is the E-step of
-:mod:`kcd_mm.condensation`; the other two are what a user runs next to it,
-spending exactly KCD's samples (``keep_schedule``):
+of :mod:`.selection`). ``'kcd'`` is the E-step of :mod:`.condensation`;
+the others are what a user runs next to it, spending exactly KCD's samples
+(``keep_schedule``) unless said otherwise:
 
 * ``'random'``: at each E-step a uniformly random subset of all N samples
   of KCD's next size n_{t+1}: the floor any selection has to beat.
@@ -12,7 +12,11 @@ spending exactly KCD's samples (``keep_schedule``):
   fraction r and weight the surviving ones' loss 1 / (1 - r), so the
   expected gradient is unchanged; the first epoch (no values yet) and the
   last ``ceil(ratio * epochs)`` train on all data. r is chosen each epoch
-  so that the run's total equals KCD's, from what was actually spent.
+  so that the run's total equals KCD's, from what was actually spent; or,
+  with ``infobatch_ratio``, it is InfoBatch's own fixed r, and the run
+  spends what that gives.
+* ``'per_epoch_random'`` (RS2): every epoch a fresh uniform subset of
+  KCD's size for that epoch (:func:`random_order` of the epoch's seed).
 
 Random draws come from a generator seeded by (run seed, stage or epoch):
 the same on every rank and again after a resume. Pure torch, no mmengine.

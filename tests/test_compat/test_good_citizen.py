@@ -49,7 +49,11 @@ def _run(code: str, with_kcd: bool, **env) -> dict:
         cwd=REPO_ROOT, env=full, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    # The JSON line, wherever a worker's late output put it.
+    found = [line for line in proc.stdout.splitlines()
+             if line.startswith('{') and line.endswith('}')]
+    assert found, proc.stdout[-4000:]
+    return json.loads(found[-1])
 
 
 def _both(code: str, **env):

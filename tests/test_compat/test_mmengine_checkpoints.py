@@ -65,19 +65,27 @@ def _train_tool_here(argv):
 
 
 # ----------------------------------------------------- kills and resume
-@pytest.mark.multiprocess
-@pytest.mark.slow
-def test_killed_while_writing_a_checkpoint_then_resumed(data_root, tmp_path):
-    cfg = _config(data_root, max_epochs=3, keep=1)
+def _killed_while_saving(cfg, tmp_path, **kill):
+    """Train ``cfg`` through tools/train.py, SIGKILLed halfway through a
+    checkpoint write (CheckpointKillHook(**kill)); returns the config's
+    path (without the kill) and the work dir."""
     path = write_config(cfg, str(tmp_path / 'kcd.py'))
     work = str(tmp_path / 'work')
     cfg['custom_imports']['imports'].append('kcd_probe')
     cfg['custom_hooks'].append(dict(type='mmrazor.CheckpointKillHook',
-                                    epoch=2))
+                                    **kill))
     killed = write_config(cfg, str(tmp_path / 'kcd_killed.py'))
     proc = run_tool(['tools/train.py', killed, '--work-dir', work],
                     env=helpers.probe_env(), check=False)
     assert proc.returncode == -9, proc.stdout[-3000:]
+    return path, work
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_killed_while_writing_a_checkpoint_then_resumed(data_root, tmp_path):
+    cfg = _config(data_root, max_epochs=3, keep=1)
+    path, work = _killed_while_saving(cfg, tmp_path, epoch=2)
 
     # Killed halfway through epoch_2.pth: epoch_1.pth and last_checkpoint
     # are whole, the half-written file is only a .tmp.
@@ -102,8 +110,28 @@ def test_killed_while_writing_a_checkpoint_then_resumed(data_root, tmp_path):
     assert _complete(osp.join(work, 'epoch_3.pth')) == 3
 
 
-@pytest.mark.multiprocess
 @pytest.mark.slow
+@pytest.mark.multiprocess
+def test_killed_while_saving_again_after_a_new_best(data_root, tmp_path):
+    """With ``save_best`` a new best checkpoint makes mmengine save the
+    epoch's checkpoint a second time, the file ``last_checkpoint`` names:
+    a kill there must leave the first, complete one."""
+    cfg = _config(data_root, max_epochs=2, keep=1)
+    cfg['default_hooks']['checkpoint'].update(save_best='accuracy/top1',
+                                              rule='greater')
+    cfg['train_cfg']['val_interval'] = 1  # the first validation: a best
+    path, work = _killed_while_saving(cfg, tmp_path, epoch=1, skip=2)
+    assert _recorded(work) == osp.join(work, 'epoch_1.pth')
+    assert _complete(osp.join(work, 'epoch_1.pth')) == 1
+    assert osp.getsize(osp.join(work, 'epoch_1.pth.tmp')) > 0
+    best = [n for n in os.listdir(work) if n.startswith('best_')]
+    assert best and not any(n.endswith('.tmp') for n in best)
+    _train_tool_here([path, '--work-dir', work, '--resume'])
+    assert _complete(osp.join(work, 'epoch_2.pth')) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_resume_skips_a_truncated_checkpoint_and_empty_last_checkpoint(
         data_root, tmp_path):
     cfg = _config(data_root, max_epochs=2)

@@ -50,7 +50,7 @@ TABLE = (('stage', 5, '{:d}'), ('epoch', 5, '{:d}'), ('kept', 9, '{:d}'),
          ('kept%', 6, '{:.1f}'), ('samples', 11, '{:d}'),
          ('kd_samples', 11, '{:d}'), ('vs_kd%', 6, '{:.1f}'),
          ('value_mean', 10, '{:.5g}'), ('value_std', 9, '{:.5g}'),
-         ('estep_ms', 9, '{:.3g}'))
+         ('estep_ms', 9, '{:.1f}'))
 
 
 def stage_rows(records):

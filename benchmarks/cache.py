@@ -1,0 +1,66 @@
+"""Which arms have run already: in their work dirs, or, from an earlier
+session whose work dirs are gone, in the committed results jsons.
+
+A result counts only when it ran with the same ``--cfg-options``; where
+the caller names a teacher's sha256 (``Mode.same_teacher``), also only
+from that teacher file: a retrained teacher is not bit-identical, and
+paired arms must share one.
+"""
+import glob
+import hashlib
+import json
+import os.path as osp
+from typing import Dict, List, Optional
+
+from modes import ROOT  # first: ROOT on sys.path
+
+
+def file_sha256(path: str) -> Optional[str]:
+    """The sha256 of a file, None when there is none."""
+    if not osp.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _committed(name: str, opts: List[str],
+               teacher: Optional[str]) -> Optional[Dict]:
+    """The result of arm ``name`` in a committed
+    ``benchmarks/results/bench_*.json``, run with ``opts`` (and, when
+    ``teacher`` is given, from that teacher file)."""
+    for path in sorted(glob.glob(osp.join(ROOT, 'benchmarks', 'results',
+                                          'bench_*.json'))):
+        with open(path) as f:
+            for result in json.load(f).get('arms', []):
+                if result.get('name') != name or result.get(
+                        'cfg_options') != opts:
+                    continue
+                if teacher is not None and result.get(
+                        'teacher_sha256') != teacher:
+                    continue
+                return dict(result, from_json=osp.basename(path))
+    return None
+
+
+def cached_result(name: str, opts: List[str], work_dir: str,
+                  teacher: Optional[str] = None,
+                  committed: bool = False) -> Optional[Dict]:
+    """The arm's result (``reused=True``): its work dir's
+    ``bench_result.json``, else, with ``committed``, a committed json's
+    (:func:`_committed`);
+    None when it has not run with ``opts`` (and ``teacher``, when given:
+    a result naming another teacher file, or none, does not count)."""
+    cached = None
+    result_path = osp.join(work_dir, 'bench_result.json')
+    if osp.isfile(result_path):
+        with open(result_path) as f:
+            cached = json.load(f)
+    if cached is not None and (cached['cfg_options'] != opts or (
+            teacher is not None and cached.get('teacher_sha256') != teacher)):
+        cached = None
+    if cached is None and committed:
+        cached = _committed(name, opts, teacher)
+    return None if cached is None else dict(cached, reused=True)
