@@ -3,7 +3,7 @@
     python benchmarks/bench_fingerprint.py [--num 1281167] [--classes 1000]
         [--images 50000] [--no-serialize] [--out FILE]
 
-KCDHook computes :func:`kcd_mm.labels.fingerprint` once, in
+KCDHook computes :func:`kcd_mm.fingerprint.fingerprint` once, in
 ``before_train``. Measured here, on one core:
 
 - a file dataset of ``--num`` synthetic ImageNet-style paths (an
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 import kcd_mm  # noqa: F401
-from kcd_mm.labels import fingerprint, gt_labels
+from kcd_mm.fingerprint import fingerprint
+from kcd_mm.labels import gt_labels
 
 
 def labels_hash(dataset) -> str:

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .labels import dataset_labels
-from .records import CKPT_KEY, StageSnapshot
+from .records import StageSnapshot
 
 
 # ------------------------------------------------------- derived figures
@@ -260,13 +260,9 @@ def read_progress(checkpoint: str) -> Optional[Dict]:
                     mmap=True)
     except RuntimeError:  # old (non-zip) format cannot be mmapped
         ckpt = load(checkpoint, map_location='cpu', weights_only=True)
-    state = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
+    from kcd_mm.core.state import KCDState
+    state = KCDState.saved_in(ckpt) if isinstance(ckpt, dict) else None
     if state is None:
         return None
-    kept = state.get('kept')
-    return dict(
-        epoch=int(ckpt.get('meta', {}).get('epoch', 0)),
-        stage=int(state['stage']),
-        kept=int(state['num_samples']) if kept is None else int(kept.numel()),
-        sample_iters=int(state['sample_iters']),
-        full_kd_sample_iters=int(state['full_kd_sample_iters']))
+    return dict(epoch=int(ckpt.get('meta', {}).get('epoch', 0)),
+                **KCDState.progress_of(state))

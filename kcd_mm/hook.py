@@ -25,7 +25,8 @@ from .core.state import KCDState
 from .core.values import get_value_measure
 from .cpu_threads import set_cpu_threads_for_kcd_run
 from .dataset import unwrap_summary
-from .labels import class_count, fingerprint
+from .fingerprint import fingerprint
+from .labels import class_count
 from .loss import find_recording_loss
 from .records import RECORD_FILE, RecordWriter, StageRecord, check_record_file
 from .sampler import find_sampler
@@ -197,12 +198,14 @@ class KCDHook(Hook):
         check_single_hook(runner.hooks, KCDHook)
         check_not_data_free(runner.model)
         self._sampler = find_sampler(loader)
-        self._loss = find_recording_loss(runner.model)
-        if self._loss is None:
-            self._loss = LogitsTap(runner.model, self.value, self.classifier)
-            self._classifier = self._loss.module
+        # The value source: a recording ValueWeightedLoss, else a tap on
+        # the student's classifier.
+        self._source = find_recording_loss(runner.model)
+        if self._source is None:
+            self._source = LogitsTap(runner.model, self.value, self.classifier)
+            self._classifier = self._source.module
         else:
-            check_loss_inputs(runner.model, self._loss)
+            check_loss_inputs(runner.model, self._source)
             self._classifier = find_classifier(runner.model)
         self._classifier_digest = weights_digest(self._classifier)
         check_setup(self.options, dataset, runner.train_loop, self._sampler,
@@ -218,7 +221,7 @@ class KCDHook(Hook):
             seed=_shared_seed(runner.seed or 0),
             max_epochs=runner.max_epochs,
             fingerprint=data_fingerprint,
-            value_measure=self._loss.value,
+            value_measure=self._source.value,
             in_memory=getattr(dataset, 'in_memory', False))
         self._images = getattr(dataset, 'original_images', None)
         self._num_classes = class_count(unwrap_summary(dataset))
@@ -230,7 +233,7 @@ class KCDHook(Hook):
         if self.options.blend_label == 'mix':
             dataset.mix_labels(self._classifier.out_features)
         if self.state.weights_losses:
-            self._loss.check_splittable(
+            self._source.check_splittable(
                 f'KCDHook(strategy={self.options.strategy!r})')
         self._writer = RecordWriter(runner.work_dir, self.record_file)
         ran_estep = False
@@ -251,8 +254,8 @@ class KCDHook(Hook):
             f'{state.bank_mib:.1f} MiB')
 
     def after_train(self, runner) -> None:
-        if isinstance(self._loss, LogitsTap):
-            self._loss.remove()
+        if isinstance(self._source, LogitsTap):
+            self._source.remove()
         state = self.state
         if state is not None:
             # The whole run's share (resumed history included), which the
@@ -272,16 +275,16 @@ class KCDHook(Hook):
     def before_train_iter(self, runner, batch_idx: int,
                           data_batch: Optional[dict] = None) -> None:
         idx, labels = batch_ids(data_batch['data_samples'],
-                                self._loss.needs_labels)
+                                self._source.needs_labels)
         if not self._first_batch_checked:
             check_first_batch(self._sampler, idx)
             self._first_batch_checked = True
-        self._loss.set_batch(idx, labels, self.state.sample_weights(idx))
+        self._source.set_batch(idx, labels, self.state.sample_weights(idx))
 
     def after_train_iter(self, runner, batch_idx: int,
                          data_batch: Optional[dict] = None,
                          outputs: Optional[dict] = None) -> None:
-        for sample_idx, values in self._loss.pop_records():
+        for sample_idx, values in self._source.pop_records():
             self._epoch_skipped += self.state.record(sample_idx, values)
         self._epoch_samples += len(data_batch['data_samples'])
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from mmrazor.registry import MODELS
 
-from .core import per_sample as splits
+from .core import per_sample as rules
 from .core.values import get_value_measure
 
 _WEIGHTINGS = ('uniform', 'value')
@@ -75,7 +75,7 @@ class ValueWeightedLoss(nn.Module):
             raise ValueError(f'ValueWeightedLoss per_sample={per_sample!r}: '
                              f'choose one of {_SPLITS}.')
         self.weighting = weighting
-        self.split = per_sample
+        self.per_sample = per_sample
         if weighting == 'value':
             self.check_splittable("weighting='value'")
         self.record = record
@@ -98,7 +98,7 @@ class ValueWeightedLoss(nn.Module):
     @property
     def splittable(self) -> bool:
         """Per-sample losses can be had (a rule, or per_sample='vmap')."""
-        return self.split == 'vmap' or splits.has_rule(self.loss)
+        return self.per_sample == 'vmap' or rules.has_rule(self.loss)
 
     def check_splittable(self, why: str) -> None:
         """Refuse, naming the fixes, when ``why`` needs per-sample losses
@@ -109,7 +109,7 @@ class ValueWeightedLoss(nn.Module):
         raise TypeError(
             f'ValueWeightedLoss cannot wrap {name} with {why}: that weights '
             f'per-sample losses, and kcd_mm knows no per-sample form of '
-            f'{name}. Known logits losses: {splits.known_losses()}. Fix: '
+            f'{name}. Known logits losses: {rules.known_losses()}. Fix: '
             'wrap one of those, register a rule with '
             '@kcd_mm.core.per_sample.register(' + repr(name) + '), set '
             "per_sample='vmap' if the loss is a mean over samples of class "
@@ -181,12 +181,12 @@ class ValueWeightedLoss(nn.Module):
                   values: Optional[torch.Tensor],
                   sample_weights: Optional[torch.Tensor]) -> torch.Tensor:
         args = list(bound.args)
-        if self.split == 'vmap':
-            rows = splits.vmap_per_sample_loss(self.loss, *args)
+        if self.per_sample == 'vmap':
+            rows = rules.vmap_per_sample_loss(self.loss, *args)
             if not self._split_checked:
                 self._check_split(rows, bound)
         else:
-            rows = splits.per_sample_loss(self.loss, *args)
+            rows = rules.per_sample_loss(self.loss, *args)
         weights = torch.ones_like(rows)
         if self.weighting == 'value':
             weights = torch.nan_to_num(values.clamp(min=0), nan=0.0)

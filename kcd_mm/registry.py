@@ -9,7 +9,7 @@ in options and error messages:
 * ``SELECTORS``: how the kept set is chosen (``KCDHook(strategy=...)``);
 * ``VALUE_MEASURES``: what a sample's knowledge is worth
   (``ValueWeightedLoss(value=...)``);
-* ``LOSS_SPLITS``: the per-sample form of a distill loss, keyed by the
+* ``PER_SAMPLE_RULES``: the per-sample form of a distill loss, keyed by the
   loss's class name.
 
 Only mmengine's ``Registry`` is used here, no Runner machinery, so the
@@ -19,4 +19,4 @@ from mmengine.registry import Registry
 
 SELECTORS = Registry('kcd selector', scope='kcd_mm')
 VALUE_MEASURES = Registry('kcd value measure', scope='kcd_mm')
-LOSS_SPLITS = Registry('kcd per-sample loss rule', scope='kcd_mm')
+PER_SAMPLE_RULES = Registry('kcd per-sample loss rule', scope='kcd_mm')

@@ -5,7 +5,7 @@ E-step; :mod:`kcd_mm.checks` warns of a single class before training
 with the same words.
 """
 import math
-from typing import Optional
+from typing import List, Optional
 
 
 def degenerate_stage(value_mean: float, value_std: float,
@@ -44,3 +44,22 @@ def degenerate_cause(out_features: Optional[int],
     if 1 in (out_features, num_classes):
         return f'a single class: {SINGLE_CLASS_WHY}'
     return NO_CLASSIFIER_CAUSE
+
+
+def weak_value_warnings(record, out_features: Optional[int],
+                        num_classes: Optional[int]) -> List[str]:
+    """The warnings of a stage record whose values cannot rank the samples
+    (``record.degenerate`` set) or that recorded none."""
+    warnings = []
+    if record.degenerate is not None:
+        warnings.append(
+            f'KCD stage {record.stage}: {record.degenerate}, so its '
+            'values cannot tell samples apart and this E-step in effect '
+            'prunes at random. Likely cause: ' +
+            degenerate_cause(out_features, num_classes))
+    if record.values_recorded == 0:
+        warnings.append(
+            f'KCD stage {record.stage}: no knowledge value was recorded '
+            'since the last E-step (was the distill loss skipped, e.g. '
+            'after StopDistillHook?); it ranked by earlier values.')
+    return warnings

@@ -7,7 +7,7 @@ gets a rule here that reuses the module's own hyper-parameters. A loss with
 no rule is refused where a split is needed (register one with
 :func:`register`), or split per sample with ``torch.func.vmap`` on request;
 that split is checked against the batch loss on the first batch. Pure
-torch; the rules live in :data:`kcd_mm.registry.LOSS_SPLITS`, keyed by the
+torch; the rules live in :data:`kcd_mm.registry.PER_SAMPLE_RULES`, keyed by the
 loss's class name.
 """
 from typing import Callable, List
@@ -16,27 +16,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..registry import LOSS_SPLITS
+from ..registry import PER_SAMPLE_RULES
 
 PerSampleFn = Callable[..., torch.Tensor]
 
 
 def register(loss_type: str) -> Callable[[PerSampleFn], PerSampleFn]:
     """Register ``fn(module, *forward_args) -> (B,)`` for a loss class name."""
-    return LOSS_SPLITS.register_module(name=loss_type, force=True)
+    return PER_SAMPLE_RULES.register_module(name=loss_type, force=True)
 
 
 def has_rule(module: nn.Module) -> bool:
-    return type(module).__name__ in LOSS_SPLITS
+    return type(module).__name__ in PER_SAMPLE_RULES
 
 
 def known_losses() -> List[str]:
-    return sorted(LOSS_SPLITS.module_dict)
+    return sorted(PER_SAMPLE_RULES.module_dict)
 
 
 def per_sample_loss(module: nn.Module, *args) -> torch.Tensor:
     """Per-sample losses of ``module`` on one batch (rule must exist)."""
-    return LOSS_SPLITS.get(type(module).__name__)(module, *args)
+    return PER_SAMPLE_RULES.get(type(module).__name__)(module, *args)
 
 
 def vmap_per_sample_loss(module: nn.Module, *args) -> torch.Tensor:

@@ -95,7 +95,7 @@ class Selector:
         return boundary_epochs(self.options.stage_epochs, self.max_epochs)
 
     def planned_sizes(self, start_epoch: int, kept_size: int,
-                      spent: int) -> List[int]:
+                      sample_iters: int) -> List[int]:
         """Training-set size of each epoch from ``start_epoch`` on (ETA)."""
         opts = self.options
         return keep_schedule(self.num_samples, opts.theta, opts.num_steps,
@@ -106,9 +106,10 @@ class Selector:
         """See one epoch's merged records (all ranks); default: nothing."""
 
     def select(self, bank: KnowledgeBank, current_size: int, stage: int,
-               epoch: int, spent: int) -> Selection:
+               epoch: int, sample_iters: int) -> Selection:
         """Choose the kept set of E-step ``stage`` (1, 2, ...), run after
-        ``epoch`` epochs with ``spent`` samples trained so far."""
+        ``epoch`` epochs with ``sample_iters`` samples trained so far (the
+        record's ``sample_iters``)."""
         raise NotImplementedError
 
     def sample_weights(self,
@@ -144,7 +145,7 @@ class KCDSelector(Selector):
                          seeded_generator(self.seed, -stage)))
 
     def select(self, bank: KnowledgeBank, current_size: int, stage: int,
-               epoch: int, spent: int) -> Selection:
+               epoch: int, sample_iters: int) -> Selection:
         opts = self.options
         scores = cost_aware_scores(bank.value_sum, bank.visits,
                                    opts.score_exponent, opts.ref_epochs)
@@ -179,7 +180,7 @@ class InfoBatchSelector(Selector):
     Drops a fraction r of the samples whose latest value is below the mean
     and weights the surviving ones' loss 1 / (1 - r); the first epoch and
     the last ``ceil(infobatch_full_epochs_ratio * max_epochs)`` train on
-    all data; r is planned each epoch from what was actually spent, so the
+    all data; r is planned each epoch from the samples actually trained, so the
     run lands on KCD's total; or, with ``infobatch_ratio``, InfoBatch's
     own fixed r, and the run spends what that gives. See
     :mod:`.strategies`.
@@ -202,15 +203,15 @@ class InfoBatchSelector(Selector):
     def boundaries(self) -> List[int]:
         return list(range(1, self.max_epochs))
 
-    def _plan(self, start_epoch: int, spent: int) -> List[int]:
+    def _plan(self, start_epoch: int, sample_iters: int) -> List[int]:
         return infobatch_sizes(
-            self.num_samples, self.budget, spent, start_epoch,
+            self.num_samples, self.budget, sample_iters, start_epoch,
             self.max_epochs,
             full_tail_epochs(self.max_epochs,
                              self.options.infobatch_full_epochs_ratio))
 
     def planned_sizes(self, start_epoch: int, kept_size: int,
-                      spent: int) -> List[int]:
+                      sample_iters: int) -> List[int]:
         if start_epoch >= self.max_epochs:
             return []
         if self.options.infobatch_ratio is not None:
@@ -221,15 +222,16 @@ class InfoBatchSelector(Selector):
             return [kept_size] + [
                 self.num_samples if e >= self.max_epochs - tail else
                 kept_size for e in range(start_epoch + 1, self.max_epochs)]
-        return [kept_size] + self._plan(start_epoch + 1, spent + kept_size)
+        return [kept_size] + self._plan(start_epoch + 1,
+                                        sample_iters + kept_size)
 
     def observe(self, delta: EpochDelta) -> None:
         seen = delta.visits > 0
         self.latest[seen] = delta.value_sum[seen] / delta.visits[seen]
 
     def select(self, bank: KnowledgeBank, current_size: int, stage: int,
-               epoch: int, spent: int) -> Selection:
-        target = self._plan(epoch, spent)[0]
+               epoch: int, sample_iters: int) -> Selection:
+        target = self._plan(epoch, sample_iters)[0]
         ratio = self.options.infobatch_ratio
         if ratio is not None:  # full only where InfoBatch trains on all
             tail = full_tail_epochs(self.max_epochs,
@@ -336,11 +338,11 @@ class PerEpochRandomSelector(Selector):
         return list(range(1, self.max_epochs))
 
     def planned_sizes(self, start_epoch: int, kept_size: int,
-                      spent: int) -> List[int]:
+                      sample_iters: int) -> List[int]:
         return self.sizes[start_epoch:]
 
     def select(self, bank: KnowledgeBank, current_size: int, stage: int,
-               epoch: int, spent: int) -> Selection:
+               epoch: int, sample_iters: int) -> Selection:
         size = self.sizes[epoch]
         if size >= self.num_samples:
             kept = torch.arange(self.num_samples)

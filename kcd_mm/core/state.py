@@ -14,11 +14,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..labels import fingerprint_scheme, same_dataset
+from ..fingerprint import fingerprint_scheme, same_dataset
 from ..records import CKPT_KEY, StageRecord
 from .bank import KnowledgeBank, ReduceFn
 from .condensation import Condensation
-from .diagnostics import degenerate_cause, degenerate_stage
+from .diagnostics import degenerate_stage, weak_value_warnings
 from .options import KCDOptions
 from .selection import build_selector
 from .summary import StageSummary, build_summary
@@ -41,7 +41,8 @@ class KCDState:
         max_epochs (int, optional): the run's length; needed by
             :meth:`boundaries`, :meth:`planned_sizes` and ``'infobatch'``.
         fingerprint (str, optional): identifies the training set beyond its
-            size (a hash of its labels); a resume refuses a checkpoint whose
+            size (:func:`kcd_mm.fingerprint.fingerprint`: its files or
+            images, with labels); a resume refuses a checkpoint whose
             fingerprint differs.
         value_measure (str, optional): the knowledge value measure the
             bank's values come from (saved, so a resume can say when it
@@ -115,9 +116,9 @@ class KCDState:
         them to the selector)."""
         self.selector.observe(self.bank.merge(reduce_fn))
 
-    def count_epoch(self, samples_trained: int) -> None:
+    def count_epoch(self, sample_iters: int) -> None:
         """Add one finished epoch's sample count (all ranks together)."""
-        self.sample_iters += int(samples_trained)
+        self.sample_iters += int(sample_iters)
         self.full_kd_sample_iters += self.num_samples
 
     # ------------------------------------------ what KCDHook asks of it
@@ -160,19 +161,7 @@ class KCDState:
         record.degenerate = degenerate_stage(record.value_mean,
                                              record.value_std,
                                              classifier_changed)
-        warnings = []
-        if record.degenerate is not None:
-            warnings.append(
-                f'KCD stage {record.stage}: {record.degenerate}, so its '
-                'values cannot tell samples apart and this E-step in effect '
-                'prunes at random. Likely cause: ' +
-                degenerate_cause(out_features, num_classes))
-        if record.values_recorded == 0:
-            warnings.append(
-                f'KCD stage {record.stage}: no knowledge value was recorded '
-                'since the last E-step (was the distill loss skipped, e.g. '
-                'after StopDistillHook?); it ranked by earlier values.')
-        return warnings
+        return weak_value_warnings(record, out_features, num_classes)
 
     def save_into(self, checkpoint: Dict) -> None:
         """Put this state into a Runner checkpoint (under ``kcd_state``)."""
@@ -182,6 +171,18 @@ class KCDState:
     def saved_in(checkpoint: Dict) -> Optional[Dict]:
         """The KCD state a Runner checkpoint carries, or None."""
         return checkpoint.get(CKPT_KEY)
+
+    @staticmethod
+    def progress_of(saved: Dict) -> Dict[str, int]:
+        """``stage``, ``kept`` (count), ``sample_iters`` and
+        ``full_kd_sample_iters`` of a saved state (for the tools)."""
+        kept = saved.get('kept')
+        return dict(
+            stage=int(saved['stage']),
+            kept=int(saved['num_samples'])
+            if kept is None else int(kept.numel()),
+            sample_iters=int(saved['sample_iters']),
+            full_kd_sample_iters=int(saved['full_kd_sample_iters']))
 
     def resume(self, saved: Dict, max_epochs: int, epochs_done: int,
                log: Optional[Callable[[int, str], None]] = None

@@ -12,7 +12,7 @@ the others are what a user runs next to it, spending exactly KCD's samples
   fraction r and weight the surviving ones' loss 1 / (1 - r), so the
   expected gradient is unchanged; the first epoch (no values yet) and the
   last ``ceil(ratio * epochs)`` train on all data. r is chosen each epoch
-  so that the run's total equals KCD's, from what was actually spent; or,
+  so that the run's total equals KCD's, from the samples trained so far; or,
   with ``infobatch_ratio``, it is InfoBatch's own fixed r, and the run
   spends what that gives.
 * ``'per_epoch_random'`` (RS2): every epoch a fresh uniform subset of
@@ -49,19 +49,19 @@ def full_tail_epochs(max_epochs: int, ratio: float) -> int:
     return min(max(max_epochs - 1, 0), math.ceil(ratio * max_epochs - 1e-9))
 
 
-def infobatch_sizes(num_samples: int, budget: int, spent: int,
+def infobatch_sizes(num_samples: int, budget: int, sample_iters: int,
                     start_epoch: int, max_epochs: int,
                     full_tail: int) -> List[int]:
     """Planned training-set size of epochs ``start_epoch .. max_epochs-1``.
 
     Epoch 0 and the last ``full_tail`` epochs use all N samples; the
     pruned epochs in between share what is left of ``budget`` after
-    ``spent`` as evenly as integers allow (earlier epochs get the odd
-    samples), each between 0 and N.
+    ``sample_iters`` (samples trained so far) as evenly as integers allow
+    (earlier epochs get the odd samples), each between 0 and N.
     """
     epochs = range(start_epoch, max_epochs)
     pruned = [e for e in epochs if 1 <= e < max_epochs - full_tail]
-    rest = budget - spent - (len(epochs) - len(pruned)) * num_samples
+    rest = budget - sample_iters - (len(epochs) - len(pruned)) * num_samples
     base, extra = divmod(max(rest, 0), max(len(pruned), 1))
     share = {
         e: min(num_samples, base + (i < extra))

@@ -13,7 +13,7 @@ from mmengine.config import Config
 from mmengine.dataset import BaseDataset
 from mmengine.runner import Runner
 
-from kcd_mm.labels import fingerprint, fingerprint_scheme, same_dataset
+from kcd_mm.fingerprint import fingerprint, fingerprint_scheme, same_dataset
 from kcd_mm.testing import (make_image_folder, make_imagenet_folder,
                             tiny_kcd_config)
 from helpers import load_checkpoint

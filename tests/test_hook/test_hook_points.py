@@ -40,7 +40,7 @@ def wired(tmp_path):
     hook.state = KCDState(N, hook.options, max_epochs=3)
     hook._sampler = KCDSampler(list(range(N)), shuffle=False, seed=0)
     hook._sampler.set_kept(None)
-    hook._loss = MODELS.build(
+    hook._source = MODELS.build(
         dict(type='ValueWeightedLoss', loss=dict(type='KLDivergence'),
              _scope_='mmrazor')).train()
     hook._writer = RecordWriter(str(tmp_path))
@@ -58,7 +58,7 @@ def wired(tmp_path):
 def test_before_train_iter_hands_the_batch_ids_to_the_loss(wired):
     hook, runner = wired
     hook.before_train_iter(runner, 0, dict(data_samples=_samples([3, 1])))
-    idx, labels, weights = hook._loss._batch
+    idx, labels, weights = hook._source._batch
     assert idx.tolist() == [3, 1] and labels is None and weights is None
     with pytest.raises(KeyError, match='sample_idx'):
         hook.before_train_iter(
@@ -69,11 +69,11 @@ def test_after_train_iter_banks_what_the_loss_recorded(wired):
     hook, runner = wired
     batch = dict(data_samples=_samples([3, 1]))
     hook.before_train_iter(runner, 0, batch)
-    hook._loss(torch.randn(2, 5), torch.randn(2, 5))  # the forward
+    hook._source(torch.randn(2, 5), torch.randn(2, 5))  # the forward
     hook.after_train_iter(runner, 0, batch)
     hook.state.merge()
     assert torch.nonzero(hook.state.bank.visits).flatten().tolist() == [1, 3]
-    assert hook._epoch_samples == 2 and hook._loss.pop_records() == []
+    assert hook._epoch_samples == 2 and hook._source.pop_records() == []
 
 
 def test_after_train_epoch_condenses_at_a_boundary(wired):

@@ -294,7 +294,7 @@ def test_zoo_config_trains_with_kcd(entry, tmp_path):
     runner.train()
     assert runner.epoch == 2
     # KCD read the student's classifier (found, or named in entry.hook).
-    tap = kcd_hook(runner)._loss
+    tap = kcd_hook(runner)._source
     assert tap.path == entry.reads
     assert tap.module is runner.model.student.get_submodule(entry.reads)
     others = [
