@@ -12,7 +12,7 @@ images' labels, which mmpretrain's heads train on). The key forms are
 :mod:`kcd_mm.core.sample_key`'s.
 """
 import copy
-from typing import Any, Optional, Union
+from typing import Any, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -21,7 +21,7 @@ from mmcv.image import imresize
 from mmengine.dataset import BaseDataset, Compose, ConcatDataset
 from mmrazor.registry import DATASETS
 
-from .core.sample_key import decode, image_of, index_of, terms_of
+from .core.sample_key import Terms, decode, image_of, index_of, terms_of
 from .labels import gt_labels
 from .seeding import SampleSeeding
 
@@ -151,10 +151,8 @@ class KnowledgeSummaryDataset:
         return int(self._labels[idx])
 
     def _with_score(self, out: Any, terms) -> Any:
-        """``out`` with the ``gt_score`` of ``terms``, or of the images
-        :meth:`_sample` actually used where it had to leave some out
-        (files that could not be read)."""
-        terms = self.__dict__.pop('_used_terms', None) or terms
+        """``out`` with the ``gt_score`` of ``terms``: the images
+        :meth:`_sample` actually used."""
         score = torch.zeros(self.num_mixed_classes)
         for j, w in terms:
             score[self._label_of(j)] += w
@@ -193,7 +191,7 @@ class KnowledgeSummaryDataset:
                             np.empty(shape, np.float32))
         return cache[shape]
 
-    def _combined(self, idx: int, terms) -> Optional[dict]:
+    def _combined(self, idx: int, terms) -> Tuple[Optional[dict], Terms]:
         """Sample ``idx`` with the image ``sum w * img_j`` over ``terms``
         ((j, w) pairs; j may be ``idx`` itself), rounded once.
 
@@ -202,12 +200,12 @@ class KnowledgeSummaryDataset:
         whose file cannot be read is left out and the weights of those
         that loaded are renormalised to sum 1: a stage pair with a missing
         partner is the tail's own image; persistent terms of which none
-        loaded give the tail's own original image. The terms used are
-        kept for :meth:`_with_score`.
+        loaded give the tail's own original image. Returns the results
+        and the terms used.
         """
         results = self._loaded(idx)
         if results is None:
-            return None
+            return None, ()
         img = results['img']
         images, used = [], []
         for j, w in terms:
@@ -229,16 +227,15 @@ class KnowledgeSummaryDataset:
             used = [(j, w / total) for j, w in used] if total > 0 else []
             if not used:
                 images, used = [img], [(idx, 1.0)]
-            self._used_terms = tuple(used)
             if len(used) == 1 and used[0][0] == idx:
-                return results  # the tail alone, as it loaded
+                return results, tuple(used)  # the tail alone, as it loaded
         weights = [w for _, w in used]
         if len(images) == 2 and all(i.dtype == np.uint8 for i in images):
             # One SIMD pass, rounded and saturated once (differs from the
             # float32 path below by one grey level on a few ties in 10^6).
             results['img'] = cv2.addWeighted(images[0], weights[0],
                                              images[1], weights[1], 0.0)
-            return results
+            return results, tuple(used)
         mixed, term = self._buffers(img.shape)
         mixed.fill(0.0)
         for other, w in zip(images, weights):
@@ -249,7 +246,7 @@ class KnowledgeSummaryDataset:
             np.rint(mixed, out=mixed)
             np.clip(mixed, info.min, info.max, out=mixed)
         results['img'] = mixed.astype(img.dtype)
-        return results
+        return results, tuple(used)
 
     def set_epoch_seed(self, seed: Optional[int]) -> None:
         """Seed every sample's load and augmentation from (``seed``,
@@ -262,13 +259,13 @@ class KnowledgeSummaryDataset:
                                     lambda: self._item(key))
 
     def _item(self, key: Union[int, tuple]) -> Any:
-        out = self._sample(key)
+        out, terms = self._sample(key)
         if self.num_mixed_classes is None:
             return out
-        return self._with_score(out, terms_of(*decode(key)))
+        return self._with_score(out, terms)
 
-    def _sample(self, key: Union[int, tuple]) -> Any:
-        self._used_terms = None  # set where the terms of key do not hold
+    def _sample(self, key: Union[int, tuple]) -> Tuple[Any, Terms]:
+        """The loaded sample of ``key`` and the images it is made of."""
         idx, payload = decode(key)
         if not payload:
             return self._whole(idx)
@@ -277,12 +274,13 @@ class KnowledgeSummaryDataset:
             results = self._loaded(idx)
             if results is not None:
                 results['img'] = image.copy()
+            terms = terms_of(idx, payload) if self.num_mixed_classes else ()
         else:  # a stage pair, or a file dataset's persistent terms
-            results = self._combined(idx, terms_of(idx, payload))
+            results, terms = self._combined(idx, terms_of(idx, payload))
         out = None if results is None else self._augment(results)
-        return self._whole(idx) if out is None else out
+        return self._whole(idx) if out is None else (out, terms)
 
-    def _whole(self, idx: int) -> Any:
+    def _whole(self, idx: int) -> Tuple[Any, Terms]:
         """The wrapped dataset's own sample ``idx``, unblended: mmengine's
         BaseDataset fetches a random other sample where its pipeline gives
         None (an unreadable file with ``ignore_empty=True``, an
@@ -290,9 +288,7 @@ class KnowledgeSummaryDataset:
         sample's label terms are those of the sample it carries."""
         out = self.dataset[idx]
         sample = out.get('data_samples') if isinstance(out, dict) else None
-        got = getattr(sample, 'sample_idx', idx)
-        self._used_terms = ((int(got), 1.0), )
-        return out
+        return out, ((int(getattr(sample, 'sample_idx', idx)), 1.0), )
 
 
 def unwrap_summary(dataset):

@@ -39,13 +39,18 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _seed_apart(*words: int) -> None:
-    """Seed python, numpy and torch from ``words``, apart from one another
-    (numpy's legacy and torch's CPU generators are both MT19937: one
-    integer seed would give them one stream)."""
-    state = np.random.SeedSequence([int(w) for w in words]).generate_state(4)
-    torch.manual_seed(int(state[0]))
-    random.seed(int(state[1]))
-    np.random.seed(state[2:])
+    """Seed python's, numpy's and torch's CPU generators from ``words``,
+    apart from one another (numpy's legacy and torch's CPU generators are
+    both MT19937: one integer seed would give them one stream): three
+    words of one hash, about 8 us, so it can run for every sample (a
+    SeedSequence and ``torch.manual_seed``, which also visits every
+    accelerator's generators, cost 100 us; benchmarks/
+    bench_sample_seeding.py)."""
+    digest = hashlib.blake2b(' '.join(str(int(w)) for w in words).encode(),
+                             digest_size=12).digest()
+    torch.default_generator.manual_seed(int.from_bytes(digest[:4], 'little'))
+    random.seed(int.from_bytes(digest[4:8], 'little'))
+    np.random.seed(int.from_bytes(digest[8:], 'little'))
 
 
 def reseed_worker(seed: int, rank: int, worker_id: int) -> None:
@@ -59,19 +64,6 @@ def reseed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _seed_sample(seed: int, sample_idx: int) -> None:
-    """Seed a worker's python, numpy and torch CPU generators for one
-    sample, apart from one another: three words of one hash, about 8 us
-    (a SeedSequence and ``torch.manual_seed``, which also visits every
-    accelerator's generators, cost 100 us; benchmarks/
-    bench_sample_seeding.py)."""
-    words = hashlib.blake2b(b'%d %d' % (seed, sample_idx),
-                            digest_size=12).digest()
-    torch.default_generator.manual_seed(int.from_bytes(words[:4], 'little'))
-    random.seed(int.from_bytes(words[4:8], 'little'))
-    np.random.seed(int.from_bytes(words[8:], 'little'))
 
 
 class SampleSeeding:
@@ -102,7 +94,7 @@ class SampleSeeding:
         """``load()`` with the RNGs seeded for sample ``sample_idx``."""
         seed = int(self._seed)
         if seed >= 0 and torch.utils.data.get_worker_info() is not None:
-            _seed_sample(seed, int(sample_idx))
+            _seed_apart(seed, sample_idx)
         return load()
 
 

@@ -148,7 +148,7 @@ def test_file_dataset_terms_match_the_in_memory_images(tmp_path):
     terms = state.summary.terms
     assert terms.keys() == exact.images.keys() and len(terms) > 10
     for i, t in terms.items():
-        got = dataset._combined(i, t)['img']
+        got = dataset._combined(i, t)[0]['img']
         diff = np.abs(got.astype(int) - exact.images[i].astype(int)).max()
         assert diff <= 3 + 2 * 255 * worst, i
     record = state.records[-1].summary
