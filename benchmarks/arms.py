@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from kcd_mm import analysis, records
-from cache import cached_result, file_sha256
+from cache import cached_result, weights_sha256
 from modes import ROOT, Mode, choose_schedule  # first: ROOT on sys.path
 
 # Where tools/run_demo.sh keeps the teacher (it honours TEACHER_DIR too).
@@ -34,6 +34,9 @@ ARMS = dict(
     student=('student', {}),
     kd=('kd', {}),
     kd_60k=('kd', {}),
+    # KD once more with a seed already run: a wall-clock partner, and a
+    # check that a run is reproduced (issue 21).
+    kd_60k_wall=('kd', {}),
     kcd=('kcd', {}),
     kcd_60k=('kcd', {}),
     kcd_stage=('kcd', dict(summary='stage')),
@@ -56,12 +59,13 @@ _TEACHER_60K = {
     'model.teacher.head.in_channels': 128,
     'model.teacher_ckpt': TEACHER}
 ARM_CFG = {arm: _TEACHER_60K for arm in (
-    'kd_60k', 'kcd_60k', 'random_60k', 'per_epoch_random_60k',
+    'kd_60k', 'kd_60k_wall', 'kcd_60k', 'random_60k', 'per_epoch_random_60k',
     'infobatch_60k')}
 # The arm each is compared with seed by seed (others: KD): same teacher.
 PAIR_BASE = {arm: 'kd_60k' for arm in ARM_CFG if arm != 'kd_60k'}
 LABELS = dict(
     student='1 student alone', kd='2 KD', kd_60k='2b KD, 60k-image teacher',
+    kd_60k_wall='2c KD again (a seed run before), 60k-image teacher',
     kcd='3 KD+KCD', kcd_60k='3c KD+KCD, 60k-image teacher',
     kcd_stage='3b KD+KCD, stage summary',
     kcd_prune='4 KCD prune-only', random='5 random, KCD budget',
@@ -192,15 +196,18 @@ def cfg_options(arm: Arm, mode: Mode) -> List[str]:
     for key, value in arm.hook.items():
         opts[f'custom_hooks.0.{key}'] = value
     opts.update(arm.cfg)
+    if mode.teacher_60k and 'model.teacher_ckpt' in arm.cfg:
+        opts['model.teacher_ckpt'] = mode.teacher_60k
     return [f'{k}={v}' for k, v in opts.items()]
 
 
-def tool_env() -> Dict[str, str]:
-    """A tool process's environment: one thread, kcd_mm importable."""
+def tool_env(threads: int = 1) -> Dict[str, str]:
+    """A tool process's environment: ``threads`` OpenMP threads, kcd_mm
+    importable."""
     env = dict(os.environ)
     # One thread a process: two spinning OpenMP pools on a busy 2-core
     # machine slow a run down ~10x (measured with the teacher here).
-    env['OMP_NUM_THREADS'] = '1'
+    env['OMP_NUM_THREADS'] = str(threads)
     env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
     return env
 
@@ -222,22 +229,23 @@ def _top1(rows: List[Dict]) -> Optional[float]:
     return hits[-1] if hits else None
 
 
-def teacher_sha256(arm: Arm, mode: Mode) -> Optional[str]:
-    """The sha256 of the teacher file the arm distils from (None: no
-    teacher, or none on disk yet)."""
+def teacher_weights(arm: Arm, mode: Mode) -> Optional[str]:
+    """The :func:`cache.weights_sha256` of the teacher the arm distils
+    from (None: no teacher, or none on disk yet)."""
     if arm.arm == 'student':
         return None
-    default = (mode.teacher or (None, TEACHER))[1]
-    return file_sha256(
-        osp.join(ROOT, arm.cfg.get('model.teacher_ckpt') or default))
+    path = (mode.teacher or (None, TEACHER))[1]
+    if 'model.teacher_ckpt' in arm.cfg:
+        path = mode.teacher_60k or arm.cfg['model.teacher_ckpt']
+    return weights_sha256(osp.join(ROOT, path))
 
 
 def finished(arm: Arm, mode: Mode, root: str) -> Optional[Dict]:
     """The arm's cached result (``reused=True``, see :mod:`cache`; from
     an earlier session with ``mode.across_sessions``), or None when it has
     not finished or ran with other options (or, with
-    ``mode.same_teacher``, from another teacher file)."""
-    teacher = teacher_sha256(arm, mode) if mode.same_teacher else None
+    ``mode.same_teacher``, from a teacher of other weights)."""
+    teacher = teacher_weights(arm, mode) if mode.same_teacher else None
     if mode.same_teacher and teacher is None and arm.arm != 'student':
         return None  # no teacher on disk yet: nothing can match it
     return cached_result(arm.name, cfg_options(arm, mode),
@@ -303,7 +311,7 @@ def run_arm(arm: Arm, mode: Mode, root: str, force: bool) -> Dict:
         sample_iters=mode.n_train * mode.epochs,
         train_seconds=round(train_seconds, 1),
         started_at=round(started_at, 1),
-        teacher_sha256=teacher_sha256(arm, mode),
+        teacher_weights_sha256=teacher_weights(arm, mode),
         ended_at=round(started_at + train_seconds, 1),
         seconds_per_iter=statistics.median(iter_times)
         if iter_times else None,
@@ -336,13 +344,15 @@ def _test(config: str, ckpt: str, work: str, opts: List[str]) -> float:
 
 
 DEMO_TEACHER = ('configs/teachers/resnet18_w16_fashionmnist.py', TEACHER)
+# Threads of a teacher's training: alone on the machine, both cores.
+TEACHER_THREADS = 2
 
 
 def _teachers(mode: Mode, arms: List[Arm]) -> List[Tuple[str, str]]:
     """(config, weights) of every teacher the arms use."""
     teachers = [mode.teacher or DEMO_TEACHER]
     if any(a.arm in ARM_CFG for a in arms):
-        teachers.append(DEMO_TEACHER)
+        teachers.append((DEMO_TEACHER[0], mode.teacher_60k or TEACHER))
     return list(dict.fromkeys(teachers))
 
 
@@ -365,17 +375,32 @@ def ensure_teacher(mode: Mode, arms: List[Arm]) -> None:
     subprocess.run([sys.executable, 'tools/prepare_fashion_mnist.py',
                     '--per-class', '500'], cwd=ROOT, env=tool_env(),
                    check=True, stdout=subprocess.DEVNULL)
+    # Always the same thread count: a float sum's order, and so the
+    # weights, depend on it; with it fixed, a session that trains the
+    # teacher again on this kind of machine gets the same weights and its
+    # runs pair with earlier sessions' (cache.weights_sha256 checks).
+    env = tool_env(TEACHER_THREADS)
     for config, ckpt in _teachers(mode, arms):
         if osp.isfile(osp.join(ROOT, ckpt)):
             continue
-        print(f'teacher: none yet in {ckpt}, training {config}')
-        if (config, ckpt) == DEMO_TEACHER:
+        print(f'teacher: none yet in {ckpt}, training {config} '
+              f'({TEACHER_THREADS} threads)')
+        if config == DEMO_TEACHER[0]:
+            work = (osp.dirname(TEACHER) if ckpt == TEACHER else
+                    osp.join('work_dirs', 'teacher_' + osp.basename(
+                        ckpt)[:-len('.pth')]))
             subprocess.run(['bash', 'tools/run_demo.sh', '--teacher-only'],
-                           cwd=ROOT, env=tool_env(), check=True)
+                           cwd=ROOT, env=dict(env, TEACHER_DIR=work),
+                           check=True)
+            if ckpt != TEACHER:  # a mode's own copy (e.g. committed)
+                os.makedirs(osp.dirname(osp.join(ROOT, ckpt)),
+                            exist_ok=True)
+                shutil.copyfile(osp.join(ROOT, work, 'teacher.pth'),
+                                osp.join(ROOT, ckpt))
             continue
         work = osp.dirname(ckpt)
         subprocess.run([sys.executable, 'tools/train.py', config,
-                        '--work-dir', work], cwd=ROOT, env=tool_env(),
+                        '--work-dir', work], cwd=ROOT, env=env,
                        check=True)
         with open(osp.join(ROOT, work, 'last_checkpoint')) as f:
             last = f.read().strip()

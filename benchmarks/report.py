@@ -12,6 +12,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from arms import ARMS, LABELS, PAIR_BASE, REFERENCE
 from modes import ROOT, Mode
+from verdict import verdict_lines
 
 
 def _mean_sd(xs: Sequence[float]) -> Tuple[float, float]:
@@ -151,33 +152,11 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
     curve = [r for r in rows
              if r['budget'] is not None and not r.get('variant')]
     if curve:
-        kcd = next(r for r in main if r['arm'] == 'kcd')
-        lines += ['', 'Budget curve (seed 0 unless a seed count is given; '
-                  'the main arms above are the '
-                  f'{kcd["samples_vs_kd"]:.3f} point):', '',
-                  '| budget | theta, K | KCD held-out / test | random '
-                  'held-out / test | InfoBatch held-out / test (samples) |',
-                  '|---|---|---|---|---|']
-
-        def both(r):
-            n = len(r['seeds'])
-            seeds = f' ({n} seeds)' if n > 1 else ''
-            return (f'{_fmt(r["holdout_top1"], r["holdout_sd"], n)} / '
-                    f'{_fmt(r["test_top1"], r["test_sd"], n)}{seeds}')
-
-        for budget in sorted({r['budget'] for r in curve}):
-            cells = {r['arm']: r for r in curve if r['budget'] == budget}
-            k = cells.get('kcd') or next(iter(cells.values()))
-            ib = cells.get('infobatch')
-            ib_cell = '-' if ib is None else (
-                f'{both(ib)} ({ib["samples_vs_kd"]:.3f}'
-                f'{", capped" if ib["capped"] else ""})')
-            lines.append(
-                f'| {budget:.3f} | {k["theta"]}, {k["num_steps"]} | '
-                f'{both(cells["kcd"]) if "kcd" in cells else "-"} | '
-                f'{both(cells["random"]) if "random" in cells else "-"} | '
-                f'{ib_cell} |')
+        lines += _curve_lines(curve, main, mode)
     lines += _paired_lines(summary['arms'])
+    if mode.verdicts:
+        lines += verdict_lines(summary['arms'],
+                               [None] + list(mode.budgets))
     lines += _summary_lines(summary['arms'])
     ablation = [r for r in rows if r.get('variant')]
     if ablation:
@@ -205,6 +184,46 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
         rel = osp.relpath(path, osp.join(ROOT, 'docs'))
         lines.append(f'![{osp.basename(path)}]({rel})')
     return '\n'.join(lines) + '\n'
+
+
+def _column(arm: str) -> str:
+    """A budget-curve column's name: the arm's label without its number
+    (and InfoBatch's reached samples announced)."""
+    name = LABELS[arm].split(' ', 1)[1]
+    infobatch = ARMS[arm][1].get('strategy') == 'infobatch'
+    return name + (' (samples)' if infobatch else '')
+
+
+def _curve_lines(curve: List[Dict], main: List[Dict],
+                 mode: Mode) -> List[str]:
+    """The budget curve: per budget, each of ``mode.budget_arms``'s
+    held-out / test top-1 (InfoBatch with the samples it reached)."""
+    first = mode.budget_arms[0]
+    top = next((r for r in main if r['arm'] == first), None)
+    lines = ['', 'Budget curve (seed 0 unless a seed count is given'
+             + (f'; the main arms above are the {top["samples_vs_kd"]:.3f}'
+                ' point' if top else '') + '):', '',
+             '| budget | theta, K | ' + ' | '.join(
+                 f'{_column(a)} held-out / test' for a in mode.budget_arms)
+             + ' |', '|---|---|' + '---|' * len(mode.budget_arms)]
+
+    def both(r):
+        n = len(r['seeds'])
+        seeds = f' ({n} seeds)' if n > 1 else ''
+        cell = (f'{_fmt(r["holdout_top1"], r["holdout_sd"], n)} / '
+                f'{_fmt(r["test_top1"], r["test_sd"], n)}{seeds}')
+        if ARMS[r['arm']][1].get('strategy') == 'infobatch':
+            cell += (f' ({r["samples_vs_kd"]:.3f}'
+                     f'{", capped" if r["capped"] else ""})')
+        return cell
+
+    for budget in sorted({r['budget'] for r in curve}):
+        cells = {r['arm']: r for r in curve if r['budget'] == budget}
+        k = cells.get(first) or next(iter(cells.values()))
+        lines.append(f'| {budget:.3f} | {k["theta"]}, {k["num_steps"]} | '
+                     + ' | '.join(both(cells[a]) if a in cells else '-'
+                                  for a in mode.budget_arms) + ' |')
+    return lines
 
 
 def paired(results: List[Dict], base: str = 'kd') -> List[Dict]:

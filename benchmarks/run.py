@@ -4,10 +4,12 @@
     python benchmarks/run.py --mode full    # < 2 h on 2 CPU cores
         [--jobs 2] [--work-dir work_dirs/bench_MODE] [--force] [--no-docs]
         [--docs-only] [--report] [--seeds S ...] [--arms A ...]
-        [--names NAME ...] [--main-only] [--no-micro]
+        [--names NAME ...] [--main-only] [--no-micro] [--in-step]
     python benchmarks/run.py --mode paper   # ~7 h at 2 jobs: run it in parts
     python benchmarks/run.py --mode paper --seeds 0 --main-only  # ~2 h
-    python benchmarks/run.py --mode efficiency  # issue 21, ~6 h: in parts
+    python benchmarks/run.py --mode efficiency  # issue 21, ~7 h: in parts
+    python benchmarks/run.py --mode efficiency --in-step --names \
+        kd_60k_s0 kcd_60k_s0 ...   # its side-by-side wall-clock pairs
 
 Needs the data and the demo's teacher: the first run calls
 ``bash tools/run_demo.sh --teacher-only`` (prepares data/fashion_mnist,
@@ -130,6 +132,11 @@ def main() -> None:
     parser.add_argument('--main-only', action='store_true',
                         help='only the main arms (no budget curve, no '
                         'ablations)')
+    parser.add_argument('--in-step', action='store_true',
+                        help='start the arms --jobs at a time and wait for '
+                        'the whole group before starting the next: the '
+                        'side-by-side pairs of the efficiency mode\'s '
+                        'wall-clock test (with --names, in that order)')
     parser.add_argument('--no-micro', action='store_true',
                         help='skip the E-step and overhead micro-benchmarks')
     parser.add_argument('--docs-only', action='store_true',
@@ -177,8 +184,11 @@ def main() -> None:
               f'({time.perf_counter() - t:.0f} s)', flush=True)
         return result
 
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(one, arms))
+    step = args.jobs if args.in_step else max(len(arms), 1)
+    results = []
+    for i in range(0, len(arms), step):
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            results += pool.map(one, arms[i:i + step])
     teacher_test = eval_teacher(root, mode, arms)
     if args.report and osp.isfile(out):
         with open(out) as f:

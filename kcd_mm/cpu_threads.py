@@ -53,6 +53,15 @@ def cpu_threads(environ: Mapping[str, str], cores: int, load: float,
                      'choose')
 
 
+def without_accelerator() -> bool:
+    """Whether mmengine finds no CUDA, NPU, MLU or MUSA device here (the
+    one test of both this module and ``compat.cpu_launch``)."""
+    from mmengine.device import (is_cuda_available, is_mlu_available,
+                                 is_musa_available, is_npu_available)
+    return not (is_cuda_available() or is_npu_available()
+                or is_mlu_available() or is_musa_available())
+
+
 def _print_log(message: str) -> None:
     from mmengine.logging import print_log
     print_log(message, logger='current')
@@ -67,7 +76,7 @@ def set_cpu_threads(
         log: Callable[[str], None] = _print_log) -> Optional[int]:
     """On a machine without an accelerator, set torch's intra-op threads
     by :func:`cpu_threads` and log the choice; with one (CUDA, NPU, MLU,
-    MUSA: mmengine's ``get_device``), leave torch's.
+    MUSA: :func:`without_accelerator`), leave torch's.
 
     Args:
         log (callable): takes the ``CPU run: ...`` line. Defaults to
@@ -78,8 +87,7 @@ def set_cpu_threads(
     """
     global _chosen
     import torch
-    from mmengine.device import get_device
-    if get_device() != 'cpu':
+    if not without_accelerator():
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(
         os, 'sched_getaffinity') else (os.cpu_count() or 1)

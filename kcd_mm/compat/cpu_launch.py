@@ -15,13 +15,7 @@ import re
 
 import torch
 
-
-def _without_accelerator() -> bool:
-    """Whether mmengine finds no CUDA, NPU, MLU or MUSA device here."""
-    from mmengine.device import (is_cuda_available, is_mlu_available,
-                                 is_musa_available, is_npu_available)
-    return not (is_cuda_available() or is_npu_available()
-                or is_mlu_available() or is_musa_available())
+from ..cpu_threads import without_accelerator
 
 
 def _first_slurm_host(node_list: str) -> str:
@@ -92,7 +86,7 @@ def _gloo_init_dist_on_cpu() -> None:
 
         @functools.wraps(original)
         def init(backend, *args, **kwargs):
-            if not _without_accelerator():
+            if not without_accelerator():
                 return original(backend, *args, **kwargs)
             if backend == 'nccl':
                 backend = 'gloo'
@@ -153,7 +147,7 @@ def _cpu_ddp_device_ids() -> None:
     def __init__(self, *args, **kwargs):
         bound = signature.bind(self, *args, **kwargs)
         module = bound.arguments.get('module')
-        if (isinstance(module, torch.nn.Module) and _without_accelerator()
+        if (isinstance(module, torch.nn.Module) and without_accelerator()
                 and {p.device.type for p in module.parameters()} == {'cpu'}):
             for key in ('device_ids', 'output_device'):
                 if key in bound.arguments:

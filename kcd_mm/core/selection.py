@@ -11,7 +11,7 @@ weights), saves it in :meth:`Selector.state_dict`, and so nothing of one
 strategy survives a resume under another.
 
 * ``'kcd'``: the method's condensation (:mod:`.condensation`).
-* ``'random'``: random subsets of KCD's sizes (:mod:`.strategies`).
+* ``'random'``: random subsets of KCD's sizes (:mod:`.condensation`).
 * ``'infobatch'``: InfoBatch pruning at KCD's sample budget.
 * ``'per_epoch_random'``: a fresh random subset of KCD's size every epoch
   (RS2).
@@ -29,10 +29,10 @@ import torch
 from ..registry import SELECTORS
 from .bank import EpochDelta, KnowledgeBank
 from .condensation import (Condensation, balance_classes, boundary_epochs,
-                           condense, cost_aware_scores, keep_schedule,
-                           next_keep_size, rank_samples)
-from .strategies import (full_tail_epochs, infobatch_prune, infobatch_sizes,
-                         random_order, seeded_generator)
+                           condense, cost_aware_scores, full_tail_epochs,
+                           infobatch_prune, infobatch_sizes, keep_schedule,
+                           next_keep_size, random_order, rank_samples,
+                           seeded_generator)
 
 LogLine = Tuple[int, str]  # (logging level, message)
 
@@ -183,7 +183,7 @@ class InfoBatchSelector(Selector):
     all data; r is planned each epoch from the samples actually trained, so the
     run lands on KCD's total; or, with ``infobatch_ratio``, InfoBatch's
     own fixed r, and the run spends what that gives. See
-    :mod:`.strategies`.
+    :mod:`.condensation`.
     """
 
     weights_losses = True

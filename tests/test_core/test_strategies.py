@@ -5,9 +5,9 @@ import torch.nn.functional as F
 from mmrazor.registry import MODELS
 
 from kcd_mm import KCDOptions, KCDState
-from kcd_mm.core.condensation import keep_schedule
-from kcd_mm.core.strategies import (full_tail_epochs, infobatch_prune,
-                                    infobatch_sizes, seeded_generator)
+from kcd_mm.core.condensation import (full_tail_epochs, infobatch_prune,
+                                      infobatch_sizes, keep_schedule,
+                                      seeded_generator)
 
 
 def test_unknown_strategy_names_the_option():
