@@ -73,7 +73,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from typing import Dict
+from typing import Dict, List
 
 from arms import (Arm, ensure_teacher, eval_teacher, finished, plan_arms,
                   run_arm, tool_env)
@@ -143,8 +143,8 @@ def main() -> None:
                         help='rewrite the docs from the last results json')
     parser.add_argument('--report', action='store_true',
                         help='train nothing: report every arm of the mode '
-                        'that has finished (after the filters above), '
-                        'keeping the last json\'s micro-benchmarks')
+                        'that has finished, keeping the last json\'s '
+                        'micro-benchmarks')
     args = parser.parse_args()
     mode = MODES[args.mode]
     out = osp.join(ROOT, 'benchmarks', 'results', f'bench_{args.mode}.json')
@@ -184,34 +184,58 @@ def main() -> None:
               f'({time.perf_counter() - t:.0f} s)', flush=True)
         return result
 
+    teacher_test = eval_teacher(root, mode, arms)
+    micro = {}
+    if osp.isfile(out):  # kept until this run measures its own
+        with open(out) as f:
+            micro = json.load(f).get('micro') or {}
+
+    def write(results: List[Dict], docs: bool) -> Dict:
+        """The mode's json: this run's arms and every other finished one
+        (a part of the mode never drops an earlier part's results)."""
+        results = with_finished(results, mode, root)
+        rows = aggregate(results)
+        summary = dict(
+            mode=args.mode, settings=asdict(mode), jobs=args.jobs,
+            date=time.strftime('%Y-%m-%d %H:%M'),
+            wall_seconds=round(time.perf_counter() - start, 1),
+            load_start=round(load_start, 2),
+            load_end=round(os.getloadavg()[0], 2), micro=micro, table=rows,
+            teacher_test_top1=teacher_test,
+            reused=sum(bool(r.pop('reused', False)) for r in results),
+            arms=results)
+        with open(out + '.tmp', 'w') as f:
+            json.dump(summary, f, indent=1)
+        os.replace(out + '.tmp', out)
+        if docs:
+            plots = plot(results, rows, mode, args.mode)
+            write_docs(markdown(summary, rows, mode, args.mode, plots),
+                       args.mode)
+        return summary
+
     step = args.jobs if args.in_step else max(len(arms), 1)
-    results = []
+    results: List[Dict] = []
     for i in range(0, len(arms), step):
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             results += pool.map(one, arms[i:i + step])
-    teacher_test = eval_teacher(root, mode, arms)
-    if args.report and osp.isfile(out):
-        with open(out) as f:
-            micro = json.load(f).get('micro') or {}
-    else:
-        micro = {} if args.no_micro else run_micro(mode, args.mode)
-    rows = aggregate(results)
-    summary = dict(
-        mode=args.mode, settings=asdict(mode), jobs=args.jobs,
-        date=time.strftime('%Y-%m-%d %H:%M'),
-        wall_seconds=round(time.perf_counter() - start, 1),
-        load_start=round(load_start, 2),
-        load_end=round(os.getloadavg()[0], 2), micro=micro, table=rows,
-        teacher_test_top1=teacher_test,
-        reused=sum(bool(r.pop('reused', False)) for r in results),
-        arms=results)
-    with open(out, 'w') as f:
-        json.dump(summary, f, indent=1)
-    if not args.no_docs:
-        plots = plot(results, rows, mode, args.mode)
-        write_docs(markdown(summary, rows, mode, args.mode, plots),
-                   args.mode)
+        if i + step < len(arms):
+            write(results, docs=False)  # a killed session loses no arm
+    if not (args.report or args.no_micro):
+        micro = run_micro(mode, args.mode)
+    summary = write(results, docs=not args.no_docs)
     print(f'done in {summary["wall_seconds"] / 60:.1f} min: {out}')
+
+
+def with_finished(results: List[Dict], mode: Mode, root: str) -> List[Dict]:
+    """``results`` and every other finished arm of ``mode`` (its work dir,
+    or a committed json's), in the mode's order."""
+    ran = {r['name']: r for r in results}
+    out = []
+    for arm in plan_arms(mode):
+        result = ran.pop(arm.name, None) or finished(arm, mode, root)
+        if result is not None:
+            out.append(result)
+    return out + list(ran.values())
 
 
 if __name__ == '__main__':

@@ -250,7 +250,7 @@ class KCDHook(Hook):
         runner.logger.info(
             f'KCD: N={state.num_samples}, {self.options}, E-steps after '
             f'epochs {state.boundaries()}, kept now {state.kept_size}, '
-            f'sample budget {state.budget}, knowledge bank '
+            f'{state.budget_note()}, knowledge bank '
             f'{state.bank_mib:.1f} MiB')
 
     def after_train(self, runner) -> None:

@@ -90,6 +90,10 @@ class Selector:
             keep_schedule(self.num_samples, opts.theta, opts.num_steps,
                           opts.stage_epochs, self.max_epochs))
 
+    def budget_note(self) -> str:
+        """What the run will spend, for the set-up log line."""
+        return f'sample budget {self.budget}'
+
     def boundaries(self) -> List[int]:
         """Epochs completed at each E-step."""
         return boundary_epochs(self.options.stage_epochs, self.max_epochs)
@@ -202,6 +206,14 @@ class InfoBatchSelector(Selector):
 
     def boundaries(self) -> List[int]:
         return list(range(1, self.max_epochs))
+
+    def budget_note(self) -> str:
+        ratio = self.options.infobatch_ratio
+        if ratio is None:
+            return super().budget_note()
+        return (f"no sample budget (InfoBatch's own r={ratio}: the run "
+                "spends what its values give; KCD's options would spend "
+                f'{self.budget})')
 
     def _plan(self, start_epoch: int, sample_iters: int) -> List[int]:
         return infobatch_sizes(

@@ -97,6 +97,10 @@ class KCDState:
         """KCD's total samples for the run: the sum of its keep schedule."""
         return self.selector.budget
 
+    def budget_note(self) -> str:
+        """The selector's word on what the run spends (for the log)."""
+        return self.selector.budget_note()
+
     def boundaries(self) -> List[int]:
         """Epochs completed at each E-step."""
         return self.selector.boundaries()

@@ -178,7 +178,12 @@ def test_infobatch_at_its_own_fixed_ratio_drops_half_the_below_mean():
     last = state.estep(3)  # before the last epoch: all data
     assert last.kept == 100 and last.extra['prune_ratio'] == 0.0
     # Planned to KCD's budget (the default), the same values keep 70.
-    assert _fed_state('infobatch', epochs=4).estep(1).kept == 70
+    planned = _fed_state('infobatch', epochs=4)
+    assert planned.estep(1).kept == 70
+    # The set-up log line does not promise KCD's budget at a fixed r.
+    assert planned.budget_note() == f'sample budget {planned.budget}'
+    assert state.budget_note().startswith(
+        "no sample budget (InfoBatch's own r=0.5")
 
 
 def test_per_epoch_random_draws_kcds_sizes_afresh_every_epoch():

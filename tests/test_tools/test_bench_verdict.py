@@ -1,6 +1,7 @@
 """The efficiency test's statistics (benchmarks/verdict.py), the teacher
-identity its cache relies on (benchmarks/cache.py) and the arms' cache
-keys: pure functions, on made-up results and small weight files."""
+identity its cache relies on (benchmarks/cache.py), the arms' cache keys
+and what a part of a mode writes (benchmarks/run.py): pure functions, on
+made-up results and small weight files; nothing trains."""
 import json
 import math
 import os.path as osp
@@ -150,3 +151,24 @@ def test_efficiency_arms_distil_from_the_committed_teacher(bench):
         opts = bench['arms'].cfg_options(arm, mode)
         assert f'model.teacher_ckpt={teacher}' in opts, arm.name
     assert osp.isfile(osp.join(repo_root(), teacher))
+
+
+def test_a_part_of_a_mode_keeps_the_other_parts_results(bench, tmp_path):
+    """``run.py --names X`` writes the mode's json with every finished arm,
+    not only X: a later part never drops an earlier part's results."""
+    import run
+    mode = bench['modes'].MODES['quick']
+    plan = bench['arms'].plan_arms(mode)
+    earlier, now = plan[1], plan[3]
+    work = tmp_path / earlier.name
+    work.mkdir()
+    (work / 'bench_result.json').write_text(json.dumps(dict(
+        name=earlier.name,
+        cfg_options=bench['arms'].cfg_options(earlier, mode))))
+    stale = tmp_path / plan[2].name  # ran with other options: not counted
+    stale.mkdir()
+    (stale / 'bench_result.json').write_text(json.dumps(dict(
+        name=plan[2].name, cfg_options=['randomness.seed=9'])))
+    out = run.with_finished([dict(name=now.name)], mode, str(tmp_path))
+    assert [r['name'] for r in out] == [earlier.name, now.name]
+    assert out[0]['reused'] is True
