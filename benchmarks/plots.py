@@ -16,7 +16,10 @@ from modes import ROOT, Mode
 PLOTTED_AS = {'summary=False': 'kcd_prune'}
 COLORS = dict(student='#777777', kd='#000000', kd_60k='#555555',
               kcd='#2b7bba', kcd_stage='#8e6bbf', kcd_prune='#76b7e5',
-              random='#c8553d', infobatch='#3a9d5d', kcd_60k='#1a4f7a')
+              random='#c8553d', infobatch='#3a9d5d', kcd_60k='#1a4f7a',
+              kd_60k_wall='#999999', random_60k='#e07b5f',
+              per_epoch_random='#d4a017', per_epoch_random_60k='#d4a017',
+              infobatch_60k='#3a9d5d')
 
 
 def plot(results: List[Dict], rows: List[Dict], mode: Mode,
@@ -55,7 +58,7 @@ def _accuracy_plot(rows: List[Dict], mode: Mode, mode_name: str,
                 (r['samples_vs_kd'], r[f'{key}_top1'], r[f'{key}_sd']))
         # Frame the arms that stay near KD; a collapse would flatten them.
         near = [y for arm, pts in lines.items() for _, y, _ in pts
-                if arm != 'infobatch']
+                if not arm.startswith('infobatch')]
         low, high = min(near) - 0.6, max(near) + 0.4
         for arm in ARMS:
             if arm not in lines:
@@ -99,13 +102,16 @@ def _kept_plot(results: List[Dict], mode: Mode, mode_name: str,
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     styles = dict(kcd=('-', 3.5), kcd_stage=('-', 2), kcd_prune=('--', 2),
-                  random=(':', 2), infobatch=('-', 1.5), kcd_60k=('-.', 2))
+                  random=(':', 2), infobatch=('-', 1.5), kcd_60k=('-.', 2),
+                  random_60k=(':', 2), per_epoch_random=('--', 1.5),
+                  per_epoch_random_60k=('--', 1.5),
+                  infobatch_60k=('-', 1.5))
     low = min(mode.budgets, default=None)  # its KCD schedules, thin
     for r in results:
         if r['seed'] != 0 or not r['stages']:
             continue
         lowest = (low is not None and r['budget'] == low
-                  and r['arm'] == 'kcd'
+                  and r['arm'] == mode.budget_arms[0]
                   and r.get('variant', '') in ('', 'stage_epochs=1'))
         if (r['budget'] is not None or r.get('variant')) and not lowest:
             continue

@@ -93,13 +93,14 @@ def verdicts(results: List[Dict],
     Returns:
         list[dict]: per (budget, claim): ``budget``, ``claim``, ``arm``,
         ``base``, :func:`compare`'s figures and ``verdict``: ``'holds'``,
-        ``'not shown'`` or ``'too few seeds'`` (under 2 pairs).
+        ``'not shown'``, ``'too few seeds'`` (1 pair) or ``'not run'``.
     """
     out = []
     for budget in budgets:
         for claim, arm, base, bound in CLAIMS:
             c = compare(results, arm, base, budget)
-            verdict = ('too few seeds' if c['low'] is None else
+            verdict = ('not run' if not c['n'] else
+                       'too few seeds' if c['low'] is None else
                        'holds' if c['low'] > bound else 'not shown')
             out.append(dict(c, budget=budget, claim=claim, arm=arm,
                             base=base, bound=bound, verdict=verdict))
@@ -162,9 +163,11 @@ def verdict_lines(results: List[Dict],
              '|---|---|---|---|---|---|---|']
     for r in rows:
         share = budget_of(results, r['budget'])
+        where = (f'{share:.3f}' if not math.isnan(share) else
+                 f'{r["budget"]:.3f}' if r['budget'] else 'main arms')
         per_seed = ' '.join(f'{d:+.2f}' for d in r['diffs']) or '-'
         lines.append(
-            f'| {share:.3f} | {r["claim"]} | {r["seeds"]} | {per_seed} | '
+            f'| {where} | {r["claim"]} | {r["seeds"]} | {per_seed} | '
             f'{_ci(r)} | {r["bound"]:+.1f} | {r["verdict"]} |')
     clock = wallclock(results)
     if clock:

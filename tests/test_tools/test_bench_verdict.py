@@ -77,14 +77,20 @@ def test_verdicts_follow_the_rule(bench):
     assert (rows['per-epoch random is non-inferior to KD']['verdict']
             == 'not shown')
     assert rows['KCD\'s ranking beats random (per stage)']['verdict'] == (
+        'not run')
+    results.append(_run('random_60k', 0, 90.1))
+    rows = {r['claim']: r for r in v.verdicts(results, [None, 0.6])
+            if r['budget'] is None}
+    assert rows['KCD\'s ranking beats random (per stage)']['verdict'] == (
         'too few seeds')
     # A seed whose KCD run had another teacher is not paired.
     results[5]['teacher_weights_sha256'] = 'other'
     row = next(r for r in v.verdicts(results, [None])
                if r['claim'] == 'KCD is better than KD')
     assert row['seeds'] == [1, 2, 3, 4]
-    lines = '\n'.join(v.verdict_lines(results, [None]))
+    lines = '\n'.join(v.verdict_lines(results, [None, 0.6]))
     assert '| 0.875 | KCD is better than KD | [1, 2, 3, 4] |' in lines
+    assert '| 0.600 | KCD is better than KD | [] | - | n/a |' in lines
 
 
 def test_wallclock_pairs_are_runs_started_together(bench):
