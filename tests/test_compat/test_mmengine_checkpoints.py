@@ -205,6 +205,7 @@ def _runner(cfg, work_dir):
     return Runner.from_cfg(cfg)
 
 
+@pytest.mark.slow
 def test_kcd_runs_get_the_atomic_hook_and_plain_runs_keep_mmengines(
         data_root, tmp_path):
     cfg = _config(data_root, max_epochs=1)
@@ -221,6 +222,7 @@ def test_kcd_runs_get_the_atomic_hook_and_plain_runs_keep_mmengines(
             if isinstance(h, CheckpointHook)] == [CheckpointHook]
 
 
+@pytest.mark.slow
 def test_kcd_auto_resume_skips_a_damaged_last_checkpoint(data_root,
                                                          tmp_path):
     """``resume=True`` in a KCD config (no tool): KCDHook chooses before

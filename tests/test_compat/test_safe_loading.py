@@ -166,6 +166,7 @@ def test_every_forged_numpy_variant_is_refused(real_checkpoint, tmp_path):
     assert lines['float64'] == 'flags 0'  # numpy's own float64 as it was
 
 
+@pytest.mark.slow
 def test_real_checkpoint_resumes_with_plain_numpy(real_checkpoint, tmp_path):
     ckpt_path, cfg, _ = real_checkpoint
     ckpt = load(ckpt_path, weights_only=True)

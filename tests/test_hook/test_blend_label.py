@@ -121,6 +121,7 @@ def _run(cfg, work_dir):
     return runner, probe
 
 
+@pytest.mark.slow
 def test_persistent_in_memory_run_trains_on_mixed_labels(tmp_path):
     data = make_mnist_folder(str(tmp_path / 'mnist'), N, 3, 16)
     cfg = add_kcd(tiny_kd_config(data, num_classes=3, in_channels=1,

@@ -82,6 +82,7 @@ class ScoreProbe(Hook):
 @pytest.mark.parametrize('summary, blend_label', [('stage', 'own'),
                                                   ('persistent', 'own'),
                                                   ('persistent', 'mix')])
+@pytest.mark.slow
 def test_missing_image_files_train_as_plain_kd_does(tmp_path, summary,
                                                     blend_label):
     """Files deleted after the annotation file was written (two before
@@ -154,6 +155,7 @@ def test_mix_labels_refuse_a_multi_label_dataset_by_every_sample(tmp_path):
     assert runner.iter == 0
 
 
+@pytest.mark.slow
 def test_a_run_without_an_estep_warns_before_training(tmp_path):
     data = make_image_folder(str(tmp_path / 'data'), N, 3, 16)
     cfg = tiny_kcd_config(data, max_epochs=1, stage_epochs=1,
@@ -167,6 +169,7 @@ def test_a_run_without_an_estep_warns_before_training(tmp_path):
     assert 'stage_epochs <= max_epochs / 2' in log
 
 
+@pytest.mark.slow
 def test_a_one_class_dataset_names_the_single_class(tmp_path):
     """Every value is 0: warned once before training and at every E-step
     as a single class, not as a stage that trains no classifier."""
@@ -186,6 +189,7 @@ def test_a_one_class_dataset_names_the_single_class(tmp_path):
                      'certain') == 2
 
 
+@pytest.mark.slow
 def test_a_head_wider_than_the_dataset_warns_before_training(tmp_path):
     """A 10-way head on a 3-class annotation file (no class names in
     its metainfo: counted from the labels)."""

@@ -112,6 +112,7 @@ def _poison(runner, fill):
         hook, prepend=True)  # before MMRazor's recorder reads the output
 
 
+@pytest.mark.slow
 def test_masked_class_logits_give_finite_values(data_root, tmp_path):
     """-inf logits (an ignored class): entropy counts 0 log 0 as 0."""
     cfg = tiny_kcd_config(data_root, max_epochs=2, num_steps=2)
@@ -155,6 +156,7 @@ def test_ties_are_broken_by_a_seeded_permutation_not_by_index():
                            torch.sort(kept[1]).values)
 
 
+@pytest.mark.slow
 def test_resume_under_another_strategy_drops_infobatch_weights(
         data_root, tmp_path):
     work = tmp_path / 'infobatch'
@@ -177,6 +179,7 @@ def test_resume_under_another_strategy_drops_infobatch_weights(
     assert 'upweighted' not in saved and 'latest' not in saved['bank']
 
 
+@pytest.mark.slow
 def test_resume_messages_name_what_changed(data_root, tmp_path):
     work = tmp_path / 'first'
     _runner(tiny_kcd_config(data_root, max_epochs=3, stage_epochs=2,
@@ -195,6 +198,7 @@ def test_resume_messages_name_what_changed(data_root, tmp_path):
     assert "'stage_epochs': (2, 1)" in log
 
 
+@pytest.mark.slow
 def test_a_stage_that_trains_no_classifier_is_named(data_root, tmp_path):
     """A frozen student head (as in ABLoss stage 1): the E-step warns with
     the likely cause and the record says why; a healthy stage says None."""

@@ -66,6 +66,7 @@ def _names(folder):
     return sorted(os.listdir(folder))
 
 
+@pytest.mark.slow
 def test_same_images_under_another_data_root_resume(folder_run, tmp_path):
     data, base = folder_run
     moved = _copy(data, tmp_path / 'elsewhere' / 'data')
@@ -105,6 +106,7 @@ def test_other_images_with_the_same_counts_are_refused(
         runner.train()
 
 
+@pytest.mark.slow
 def test_files_swapped_within_a_class_are_refused(tmp_path):
     """ImageNet's layout: the annotation file lists two images of one
     class the other way round; classes and counts stay as they were."""
@@ -125,6 +127,7 @@ def test_files_swapped_within_a_class_are_refused(tmp_path):
         runner.train()
 
 
+@pytest.mark.slow
 def test_checkpoint_with_a_labels_only_fingerprint_resumes(folder_run,
                                                            tmp_path):
     """Checkpoints before v2 carry a hash of the labels: a resume on the
@@ -158,6 +161,7 @@ class _InMemory(BaseDataset):
                 for img, label in zip(self._images, self._labels)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('serialize', [True, False])
 def test_in_memory_images_are_fingerprinted_by_their_bytes(serialize):
     rng = np.random.default_rng(0)

@@ -52,6 +52,7 @@ def test_train_tool_condenses_at_every_boundary(data_root, tmp_path):
         math.ceil(n / BATCH) for n in (60, 50, 40, 30))
 
 
+@pytest.mark.slow
 def test_runner_eta_and_sampler_follow_the_schedule(data_root, tmp_path):
     """In-process: max_iters (the logger's ETA) is the real total."""
     cfg = Config(tiny_kcd_config(data_root, theta=0.7, summary=False))
@@ -66,6 +67,7 @@ def test_runner_eta_and_sampler_follow_the_schedule(data_root, tmp_path):
     assert sampler.kept_size == 42 and len(runner.train_dataloader) == 6
 
 
+@pytest.mark.slow
 def test_the_log_ends_with_the_run_share_of_kd(data_root, tmp_path):
     """The last E-step's line gives the share so far (after epoch 3);
     the run's last KCD line gives the whole run's, epoch 4 included."""
@@ -112,6 +114,7 @@ def test_cpu_threads_are_chosen_once_per_process(data_root, tmp_path,
     # Unwrapped, KCD reads the classifier: one that gives no logits stops.
     (dict(plain_loss=True, classifier='neck'), "classifier='head.fc'"),
 ])
+@pytest.mark.slow
 def test_misconfiguration_stops_before_training(data_root, tmp_path, broken,
                                                 message):
     cfg = tiny_kcd_config(data_root, stage_epochs=broken.get('stage_epochs',
@@ -224,6 +227,7 @@ def test_tensorboard_shows_stage_scalars_and_value_histograms(
             for h in acc.Histograms('kcd/value_kept')] == [50, 40, 30]
 
 
+@pytest.mark.slow
 def test_class_min_keep_protects_every_class(data_root, tmp_path):
     """theta .5 with a class floor of .5: each class keeps >= 10 of 20."""
     cfg = Config(tiny_kcd_config(data_root, summary=False,

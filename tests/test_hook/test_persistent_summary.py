@@ -88,6 +88,7 @@ def mnist(tmp_path_factory):
     return make_mnist_folder(str(tmp_path_factory.mktemp('mnist')), N, 3, 16)
 
 
+@pytest.mark.slow
 def test_persistent_images_are_the_reference_and_trained_on(mnist, tmp_path):
     work = str(tmp_path / 'run')
     cfg = _mnist_cfg(mnist, work)
@@ -125,6 +126,7 @@ def test_persistent_images_survive_a_resume(mnist, tmp_path):
     assert all(np.array_equal(want[i], got[i]) for i in want)
 
 
+@pytest.mark.slow
 def test_file_dataset_terms_match_the_in_memory_images(tmp_path):
     """The same images as PNG files: each persistent sample, as the
     wrapper loads it from its terms, within the bound of the exact uint8

@@ -191,6 +191,7 @@ def test_infobatch_weights_reach_the_loss(infobatch_run):
     assert checked >= EPOCHS - 2
 
 
+@pytest.mark.slow
 def test_infobatch_resumes_exactly(data_root, infobatch_run, tmp_path):
     work_dir, _ = infobatch_run
     resumed = str(tmp_path / 'resumed')

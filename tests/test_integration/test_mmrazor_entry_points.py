@@ -314,6 +314,7 @@ def test_mmcls_registry_names_are_mmpretrain_ones():
         MODELS.build(dict(type='mmcls.NoSuchModel'))
 
 
+@pytest.mark.slow
 def test_ofd_wrn_models_build():
     # OFD's student and teacher: WideResNets in `_scope_='mmcls'`
     # ImageClassifiers, read through `mmrazor::` cfg_paths. (The OFD
@@ -350,6 +351,7 @@ def test_byot_builds():
     assert packed['data_samples'].gt_label.tolist() == [1]
 
 
+@pytest.mark.slow
 def test_crd_builds():
     from mmrazor.registry import DATASETS, MODELS
     cfg = _config('crd/crd_neck_r50_r18_8xb16_cifar10.py')

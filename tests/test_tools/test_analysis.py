@@ -244,6 +244,7 @@ def test_inspect_kcd_table_and_dropped_files(run):
         assert score == f'{last.scores[int(index)]:.5g}'
 
 
+@pytest.mark.slow
 def test_inspect_kcd_caps_the_dropped_listing(run, capsys):
     work_dir, _ = run
     inspect_kcd = _tool('tools/analysis/inspect_kcd.py')
@@ -259,6 +260,7 @@ def test_inspect_kcd_caps_the_dropped_listing(run, capsys):
         ]), argv
 
 
+@pytest.mark.slow
 def test_inspect_kcd_keeps_the_digits_of_small_values(tmp_path, capsys):
     """A student that does not train (lr 0): its entropies sit near
     log 3, so the stage's value std is a few 1e-4 and the scores differ
