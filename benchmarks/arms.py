@@ -196,8 +196,8 @@ def cfg_options(arm: Arm, mode: Mode) -> List[str]:
     for key, value in arm.hook.items():
         opts[f'custom_hooks.0.{key}'] = value
     opts.update(arm.cfg)
-    if mode.teacher_60k and 'model.teacher_ckpt' in arm.cfg:
-        opts['model.teacher_ckpt'] = mode.teacher_60k
+    if arm.arm != 'student':  # in place: the options' order is the key
+        opts['model.teacher_ckpt'] = teacher_file(arm, mode)
     return [f'{k}={v}' for k, v in opts.items()]
 
 
@@ -229,15 +229,21 @@ def _top1(rows: List[Dict]) -> Optional[float]:
     return hits[-1] if hits else None
 
 
+def teacher_file(arm: Arm, mode: Mode) -> str:
+    """The weights file (relative to ROOT) of the arm's teacher: its own
+    (the 60k-image teacher: ``mode.teacher_60k``, else the arm's), else
+    the mode's."""
+    if 'model.teacher_ckpt' in arm.cfg:
+        return mode.teacher_60k or arm.cfg['model.teacher_ckpt']
+    return (mode.teacher or (None, TEACHER))[1]
+
+
 def teacher_weights(arm: Arm, mode: Mode) -> Optional[str]:
     """The :func:`cache.weights_sha256` of the teacher the arm distils
     from (None: no teacher, or none on disk yet)."""
     if arm.arm == 'student':
         return None
-    path = (mode.teacher or (None, TEACHER))[1]
-    if 'model.teacher_ckpt' in arm.cfg:
-        path = mode.teacher_60k or arm.cfg['model.teacher_ckpt']
-    return weights_sha256(osp.join(ROOT, path))
+    return weights_sha256(osp.join(ROOT, teacher_file(arm, mode)))
 
 
 def finished(arm: Arm, mode: Mode, root: str) -> Optional[Dict]:

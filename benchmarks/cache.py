@@ -7,9 +7,11 @@ teacher with the same weights (:func:`weights_sha256`): paired arms must
 share one teacher, and a session that trains the teacher again must find
 out whether it got the same one.
 """
+import functools
 import glob
 import hashlib
 import json
+import os
 import os.path as osp
 from typing import Dict, List, Optional
 
@@ -26,6 +28,12 @@ def weights_sha256(path: str) -> Optional[str]:
     """
     if not osp.isfile(path):
         return None
+    stat = os.stat(path)  # every arm asks: hash each file version once
+    return _weights_sha256(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_sha256(path: str, mtime_ns: int, size: int) -> str:
     import torch
 
     from kcd_mm.compat import safe_loading

@@ -202,8 +202,9 @@ def main() -> None:
             load_start=round(load_start, 2),
             load_end=round(os.getloadavg()[0], 2), micro=micro, table=rows,
             teacher_test_top1=teacher_test,
-            reused=sum(bool(r.pop('reused', False)) for r in results),
-            arms=results)
+            reused=sum(bool(r.get('reused')) for r in results),
+            arms=[{k: v for k, v in r.items() if k != 'reused'}
+                  for r in results])
         with open(out + '.tmp', 'w') as f:
             json.dump(summary, f, indent=1)
         os.replace(out + '.tmp', out)
