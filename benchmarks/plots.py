@@ -1,7 +1,9 @@
 """The benchmark's plots, drawn into docs/img.
 
 ``bench_MODE_accuracy_vs_samples.png``: held-out and test top-1 against
-the samples trained on (KD = 1), one line per arm over the budgets.
+the samples trained on (KD = 1), one line per arm over the budgets; of
+the last checkpoint, or in a mode with verdicts of the best held-out
+one, the checkpoint the verdicts judge.
 ``bench_MODE_kept_fraction.png``: the fraction of the training set each
 seed-0 arm trains on, epoch by epoch.
 """
@@ -48,14 +50,18 @@ def _accuracy_plot(rows: List[Dict], mode: Mode, mode_name: str,
     """Top-1 against samples trained on, held-out and test side by side."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    # The verdicts judge the best held-out checkpoint: draw what they use.
+    best = mode.verdicts
     for ax, key in zip(axes, ('holdout', 'test')):
+        value, spread = ((f'{key}_best', f'{key}_best_sd') if best else
+                         (f'{key}_top1', f'{key}_sd'))
         lines = {}
         for r in rows:  # an arm's line, with the ablations drawn as one
             arm = PLOTTED_AS.get(r.get('variant'), r['arm'])
             if r.get('variant') and r['variant'] not in PLOTTED_AS:
                 continue
             lines.setdefault(arm, []).append(
-                (r['samples_vs_kd'], r[f'{key}_top1'], r[f'{key}_sd']))
+                (r['samples_vs_kd'], r[value], r[spread]))
         # Frame the arms that stay near KD; a collapse would flatten them.
         near = [y for arm, pts in lines.items() for _, y, _ in pts
                 if not arm.startswith('infobatch')]
@@ -87,8 +93,9 @@ def _accuracy_plot(rows: List[Dict], mode: Mode, mode_name: str,
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc='lower center', ncol=3, fontsize=7)
     fig.suptitle(f'Fashion-MNIST, {mode.n_train:,} training images, '
-                 f'{mode.epochs} epochs ({mode_name} mode); band: KD '
-                 'mean ± std')
+                 f'{mode.epochs} epochs ({mode_name} mode), '
+                 f'{"best held-out" if best else "last"} checkpoint; '
+                 'band: KD mean ± std')
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     path = osp.join(img, f'bench_{mode_name}_accuracy_vs_samples.png')
     fig.savefig(path, dpi=110)
