@@ -16,6 +16,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
         7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179,
         13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045}
 MARGIN = 0.3  # the non-inferiority margin, in top-1 points (fixed)
+SEEDS = 5  # the rule decides on this many paired seeds, not fewer
 # (claim, arm, base arm, bound): holds when the lower 95% bound of
 # arm - base exceeds the bound. Arms are those of one budget.
 CLAIMS = (
@@ -93,14 +94,17 @@ def verdicts(results: List[Dict],
     Returns:
         list[dict]: per (budget, claim): ``budget``, ``claim``, ``arm``,
         ``base``, :func:`compare`'s figures and ``verdict``: ``'holds'``,
-        ``'not shown'``, ``'too few seeds'`` (1 pair) or ``'not run'``.
+        ``'not shown'``, ``'interim, n of 5 seeds'`` (fewer pairs than
+        the rule decides on: an early look would be a chance to stop when
+        the interval happens to look good) or ``'not run'``.
     """
     out = []
     for budget in budgets:
         for claim, arm, base, bound in CLAIMS:
             c = compare(results, arm, base, budget)
             verdict = ('not run' if not c['n'] else
-                       'too few seeds' if c['low'] is None else
+                       f'interim, {c["n"]} of {SEEDS} seeds'
+                       if c['n'] < SEEDS else
                        'holds' if c['low'] > bound else 'not shown')
             out.append(dict(c, budget=budget, claim=claim, arm=arm,
                             base=base, bound=bound, verdict=verdict))

@@ -82,12 +82,14 @@ def test_verdicts_follow_the_rule(bench):
     rows = {r['claim']: r for r in v.verdicts(results, [None, 0.6])
             if r['budget'] is None}
     assert rows['KCD\'s ranking beats random (per stage)']['verdict'] == (
-        'too few seeds')
+        'interim, 1 of 5 seeds')
     # A seed whose KCD run had another teacher is not paired.
     results[5]['teacher_weights_sha256'] = 'other'
     row = next(r for r in v.verdicts(results, [None])
                if r['claim'] == 'KCD is better than KD')
     assert row['seeds'] == [1, 2, 3, 4]
+    # Four seeds decide nothing, however clear their interval.
+    assert row['low'] > 0 and row['verdict'] == 'interim, 4 of 5 seeds'
     lines = '\n'.join(v.verdict_lines(results, [None, 0.6]))
     assert '| 0.875 | KCD is better than KD | [1, 2, 3, 4] |' in lines
     assert '| 0.600 | KCD is better than KD | [] | - | n/a |' in lines
