@@ -94,8 +94,8 @@ def _accuracy_plot(rows: List[Dict], mode: Mode, mode_name: str,
     fig.legend(handles, labels, loc='lower center', ncol=3, fontsize=7)
     fig.suptitle(f'Fashion-MNIST, {mode.n_train:,} training images, '
                  f'{mode.epochs} epochs ({mode_name} mode), '
-                 f'{"best held-out" if best else "last"} checkpoint; '
-                 'band: KD mean ± std')
+                 f'{"best held-out" if best else "last"} checkpoint'
+                 + ('; band: KD mean ± std' if 'kd' in lines else ''))
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     path = osp.join(img, f'bench_{mode_name}_accuracy_vs_samples.png')
     fig.savefig(path, dpi=110)
