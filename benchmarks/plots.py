@@ -52,6 +52,7 @@ def _accuracy_plot(rows: List[Dict], mode: Mode, mode_name: str,
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     # The verdicts judge the best held-out checkpoint: draw what they use.
     best = mode.verdicts
+    band = any(r['arm'] == 'kd' for r in rows)  # drawn for 'kd' only
     for ax, key in zip(axes, ('holdout', 'test')):
         value, spread = ((f'{key}_best', f'{key}_best_sd') if best else
                          (f'{key}_top1', f'{key}_sd'))
@@ -70,7 +71,7 @@ def _accuracy_plot(rows: List[Dict], mode: Mode, mode_name: str,
             if arm not in lines or arm == 'kd_60k_wall':  # KD's rerun
                 continue
             xs, ys, sd = zip(*sorted(lines[arm]))
-            if arm == 'kd':  # the level to match: KD's mean +- one std
+            if arm == 'kd':  # the band: KD's mean +- one std, to match
                 ax.axhspan(ys[0] - sd[0], ys[0] + sd[0], color='#000000',
                            alpha=0.08, linewidth=0)
             shown = [max(y, low + 0.1) for y in ys]
@@ -95,7 +96,7 @@ def _accuracy_plot(rows: List[Dict], mode: Mode, mode_name: str,
     fig.suptitle(f'Fashion-MNIST, {mode.n_train:,} training images, '
                  f'{mode.epochs} epochs ({mode_name} mode), '
                  f'{"best held-out" if best else "last"} checkpoint'
-                 + ('; band: KD mean ± std' if 'kd' in lines else ''))
+                 + ('; band: KD mean ± std' if band else ''))
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     path = osp.join(img, f'bench_{mode_name}_accuracy_vs_samples.png')
     fig.savefig(path, dpi=110)
