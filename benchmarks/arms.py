@@ -340,6 +340,7 @@ def run_arm(arm: Arm, mode: Mode, root: str, force: bool) -> Dict:
 
 def _test(config: str, ckpt: str, work: str, opts: List[str]) -> float:
     """Test top-1 of ``ckpt`` on the 10,000 test images."""
+    os.makedirs(osp.dirname(work), exist_ok=True)  # a fresh checkout
     with open(work + '.out', 'w') as out:
         subprocess.run([sys.executable, 'tools/test.py', config, ckpt,
                         '--work-dir', work] +
