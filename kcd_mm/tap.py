@@ -189,11 +189,11 @@ def batch_ids(samples, with_labels: bool):
     """``(sample_idx, labels)`` of a batch's data samples; labels (first
     label of each) only when asked for and present, else None."""
     try:
-        # In the metainfo (PackInputs), or a data field (MMRazor's
-        # PackCRDClsInputs).
-        idx = [s.metainfo['sample_idx'] if 'sample_idx' in s.metainfo
-               else int(s.sample_idx) for s in samples]
-    except (KeyError, AttributeError):
+        # In the metainfo (PackInputs) or a data field (MMRazor's
+        # PackCRDClsInputs): an attribute either way, read without
+        # building the metainfo dict (every batch, every sample).
+        idx = [int(s.sample_idx) for s in samples]
+    except AttributeError:
         raise KeyError(
             'KCD needs sample_idx in every data sample, in its metainfo '
             "(PackInputs) or as a data field (MMRazor's PackCRDClsInputs): "

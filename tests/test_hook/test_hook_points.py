@@ -60,6 +60,11 @@ def test_before_train_iter_hands_the_batch_ids_to_the_loss(wired):
     hook.before_train_iter(runner, 0, dict(data_samples=_samples([3, 1])))
     idx, labels, weights = hook._source._batch
     assert idx.tolist() == [3, 1] and labels is None and weights is None
+    # A data field, as MMRazor's PackCRDClsInputs stores it.
+    crd = [BaseDataElement(sample_idx=torch.tensor(i)) for i in (2, 0)]
+    hook.before_train_iter(runner, 0, dict(data_samples=crd))
+    assert hook._source._batch[0].tolist() == [2, 0]
+    hook._source._batch = None
     with pytest.raises(KeyError, match='sample_idx'):
         hook.before_train_iter(
             runner, 0, dict(data_samples=[BaseDataElement(metainfo={})]))
