@@ -119,7 +119,8 @@ def plan_arms(mode: Mode) -> List[Arm]:
     Returns:
         list[Arm]: The main arms (each seed of ``mode.seeds``), then per
         budget KCD, random and InfoBatch on :func:`choose_schedule`'s
-        schedule, then the ablations on their budget's schedule.
+        schedule, then ``mode.matched``'s, then the ablations on their
+        budget's schedule.
     """
     configs = mode.configs or CONFIGS
 
@@ -136,19 +137,24 @@ def plan_arms(mode: Mode) -> List[Arm]:
             arms.append(Arm(f'{arm}_s{seed}', arm, seed, None, hook,
                             cfg=dict(ARM_CFG.get(arm, {})),
                             config=config(arm)))
-    for budget in mode.budgets:
+
+    def at_budget(arm: str, budget: float, seeds) -> None:
         theta, steps, _ = choose_schedule(mode.n_train, mode.epochs,
                                           mode.stage_epochs, budget)
+        hook = dict(stage_epochs=mode.stage_epochs, theta=theta,
+                    num_steps=steps, **ARMS[arm][1])
+        for seed in seeds:
+            arms.append(
+                Arm(f'{arm}_b{round(100 * budget)}_s{seed}', arm, seed,
+                    budget, dict(hook), cfg=dict(ARM_CFG.get(arm, {})),
+                    config=config(arm)))
+
+    for budget in mode.budgets:
         for arm in mode.budget_arms:
-            hook = dict(stage_epochs=mode.stage_epochs, theta=theta,
-                        num_steps=steps, **ARMS[arm][1])
-            seeds = (mode.budget_seeds.get(budget, (0, ))
-                     if arm != 'infobatch' else (0, ))
-            for seed in seeds:
-                arms.append(
-                    Arm(f'{arm}_b{round(100 * budget)}_s{seed}', arm, seed,
-                        budget, hook, cfg=dict(ARM_CFG.get(arm, {})),
-                        config=config(arm)))
+            at_budget(arm, budget, mode.budget_seeds.get(budget, (0, ))
+                      if arm != 'infobatch' else (0, ))
+    for arm, budget, seeds, _ in mode.matched:
+        at_budget(arm, budget, seeds)
     for variant, budget, cfg in mode.ablations:
         stage_epochs = int(cfg.get('custom_hooks.0.stage_epochs',
                                    mode.stage_epochs))
@@ -166,6 +172,11 @@ def plan_arms(mode: Mode) -> List[Arm]:
             arms.append(
                 Arm(f'{prefix}_{slug}_s{seed}', 'kcd', seed, budget,
                     dict(hook), variant, dict(cfg), config=config('kcd')))
+    names = [a.name for a in arms]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # a work dir (and a cached result) each
+        raise ValueError(f'arms {twice} are planned twice: a budget of '
+                         'Mode.matched rounds to one of Mode.budgets')
     return arms
 
 

@@ -59,6 +59,10 @@ class Mode:
         teacher_60k: the weights file of the ``_60k`` arms' teacher
             (configs/teachers/resnet18_w16_fashionmnist.py); None: the
             demo's, work_dirs/demo_teacher/teacher.pth.
+        matched: ``(arm, budget, seeds, rival)``: ``arm`` (a budget arm)
+            also at ``budget``, the samples the main arm ``rival``
+            reached on its own terms (InfoBatch sets no budget), compared
+            with it seed by seed; reported, not judged.
     """
     n_train: int
     holdout: int
@@ -81,6 +85,7 @@ class Mode:
     same_teacher: bool = False
     verdicts: bool = False
     teacher_60k: Optional[str] = None
+    matched: Sequence[Tuple[str, float, Sequence[int], str]] = ()
 
 
 _LOSS = 'model.distiller.distill_losses.loss_kl'
@@ -176,11 +181,12 @@ MODES = dict(
     # subsets of KCD's sizes and a fresh random subset of KCD's size every
     # epoch, at 87.5% (the config's theta 0.7, K 6) and 60% of KD's
     # samples; 5 seeds each; InfoBatch at its own r = 0.5 (seed 0), and
-    # KCD at the budget it reaches (added once that is measured); KD with
+    # KCD at the 0.698 of KD's samples it reached (bench_efficiency.json,
+    # 2026-12-04; theta 0.396, K 5 by choose_schedule); KD with
     # seed 0 once more, the partner of a wall-clock pair at 60%. Every
     # result records the sha256 of its teacher's weights, and an earlier
     # session's result is reused only with the same weights (the paper
-    # mode's runs, which name none, are not). 37 arms, 18-32 min each:
+    # mode's runs, which name none, are not). 38 arms, 18-32 min each:
     # about 7 h at two jobs, in several sessions; a session whose retrained
     # teacher differs reruns the arms its new runs pair with.
     efficiency=Mode(
@@ -203,6 +209,7 @@ MODES = dict(
         teacher_60k=TEACHER_60K,
         arms=('kd_60k', 'kcd_60k', 'random_60k', 'per_epoch_random_60k',
               'infobatch_60k', 'kd_60k_wall'),
+        matched=(('kcd_60k', 0.698, (0, ), 'infobatch_60k'), ),
         cosine=False, across_sessions=True, same_teacher=True,
         verdicts=True))
 

@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from arms import ARMS, LABELS, PAIR_BASE, REFERENCE
 from modes import ROOT, Mode
-from verdict import verdict_lines
+from verdict import matched_lines, verdict_lines
 
 
 def _mean_sd(xs: Sequence[float]) -> Tuple[float, float]:
@@ -157,6 +157,7 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
     if mode.verdicts:
         lines += verdict_lines(summary['arms'],
                                [None] + list(mode.budgets))
+    lines += matched_lines(summary['arms'], mode.matched, LABELS)
     lines += _summary_lines(summary['arms'])
     ablation = [r for r in rows if r.get('variant')]
     if ablation:

@@ -9,7 +9,7 @@ the results :func:`arms.run_arm` writes; ``report.py`` renders them.
 """
 import math
 import statistics
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 # Student's t, 0.975 quantile, by degrees of freedom (two-sided 95%).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447,
@@ -68,19 +68,24 @@ def _by_seed(results: List[Dict], arm: str,
             (arm in NO_BUDGET or r['budget'] == budget)}
 
 
-def budget_of(results: List[Dict], budget: Optional[float]) -> float:
-    """The fraction of KD's samples the KCD runs at ``budget`` trained on
-    (None: the main arms, 0.875)."""
-    kcd = _by_seed(results, 'kcd_60k', budget)
-    return (statistics.mean(r['samples_vs_kd'] for r in kcd.values())
-            if kcd else math.nan)
+def budget_of(results: List[Dict], budget: Optional[float],
+              arm: str = 'kcd_60k') -> float:
+    """The fraction of KD's samples the runs of ``arm`` at ``budget``
+    trained on (KCD's main arms, None: 0.875)."""
+    runs = _by_seed(results, arm, budget)
+    return (statistics.mean(r['samples_vs_kd'] for r in runs.values())
+            if runs else math.nan)
 
 
 def compare(results: List[Dict], arm: str, base: str,
-            budget: Optional[float], key: str = 'test_top1_best') -> Dict:
-    """``arm - base`` at ``budget``, paired by seed and by teacher: a seed
-    counts only where both runs name the same teacher weights."""
-    a, b = _by_seed(results, arm, budget), _by_seed(results, base, budget)
+            budget: Optional[float], key: str = 'test_top1_best',
+            base_budget: Union[float, None, str] = 'same') -> Dict:
+    """``arm - base`` at ``budget`` (``base`` at ``base_budget``, by
+    default the same), paired by seed and by teacher: a seed counts only
+    where both runs name the same teacher weights."""
+    a = _by_seed(results, arm, budget)
+    b = _by_seed(results, base,
+                 budget if base_budget == 'same' else base_budget)
     seeds = sorted(s for s in a if s in b and a[s].get(
         'teacher_weights_sha256') == b[s].get('teacher_weights_sha256'))
     diffs = [a[s][key] - b[s][key] for s in seeds]
@@ -151,6 +156,30 @@ def _ci(c: Dict) -> str:
         return ('n/a' if not c['n'] else f'{c["mean"]:+.2f} (1 seed)')
     return (f'{c["mean"]:+.2f} ± {c["sd"]:.2f}, 95% CI '
             f'{c["low"]:+.2f}..{c["high"]:+.2f}')
+
+
+def matched_lines(results: List[Dict],
+                  matched: Sequence[Tuple[str, float, Sequence[int], str]],
+                  labels: Dict[str, str]) -> List[str]:
+    """``Mode.matched``'s comparisons as markdown lines: each arm at the
+    samples its rival (a main arm) reached, minus the rival, by seed."""
+    lines = []
+    for arm, budget, _, rival in matched:
+        c = compare(results, arm, rival, budget, base_budget=None)
+        if not c['n']:
+            continue
+        if not lines:
+            lines = ['', 'At the samples another method reached (reported, '
+                     'not judged: no rule was fixed for it), paired by seed '
+                     'and teacher, test top-1 of the best held-out '
+                     'checkpoint:', '',
+                     '| arm | its samples | minus | seeds | per seed | '
+                     'mean ± std, 95% CI |', '|---|---|---|---|---|---|']
+        share = budget_of(results, budget, arm)
+        per_seed = ' '.join(f'{d:+.2f}' for d in c['diffs'])
+        lines.append(f'| {labels[arm]} | {share:.3f} | {labels[rival]} | '
+                     f'{c["seeds"]} | {per_seed} | {_ci(c)} |')
+    return lines
 
 
 def verdict_lines(results: List[Dict],

@@ -180,3 +180,29 @@ def test_a_part_of_a_mode_keeps_the_other_parts_results(bench, tmp_path):
     out = run.with_finished([dict(name=now.name)], mode, str(tmp_path))
     assert [r['name'] for r in out] == [earlier.name, now.name]
     assert out[0]['reused'] is True
+
+
+def test_matched_budget_arm_is_planned_and_compared(bench):
+    """KCD at the samples InfoBatch reached: planned on that budget's
+    schedule, compared with InfoBatch seed by seed, and a matched budget
+    that rounds onto a planned one is refused (one work dir an arm)."""
+    import dataclasses
+    arms, v = bench['arms'], bench['verdict']
+    mode = bench['modes'].MODES['efficiency']
+    plan = {a.name: a for a in arms.plan_arms(mode)}
+    assert len(plan) == 38  # the protocol's runs
+    kcd = plan['kcd_60k_b70_s0']
+    assert kcd.budget == 0.698 and kcd.config.endswith('kcd_fashionmnist_'
+                                                       '500pc.py')
+    assert (kcd.hook['theta'], kcd.hook['num_steps']) == (0.396, 5)
+    clash = dataclasses.replace(
+        mode, matched=(('kcd_60k', 0.6, (0, ), 'infobatch_60k'), ))
+    with pytest.raises(ValueError, match='kcd_60k_b60_s0'):
+        arms.plan_arms(clash)
+    results = [_run('infobatch_60k', 0, 89.75, share=0.698),
+               _run('kcd_60k', 0, 90.5, budget=0.698, share=0.698),
+               _run('kcd_60k', 1, 90.6, budget=0.698, share=0.698)]
+    lines = v.matched_lines(results, mode.matched, arms.LABELS)
+    row = lines[-1]
+    assert '| 0.698 |' in row and '| [0] | +0.75 | +0.75 (1 seed) |' in row
+    assert v.matched_lines(results[1:], mode.matched, arms.LABELS) == []
