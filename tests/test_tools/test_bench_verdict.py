@@ -190,7 +190,7 @@ def test_matched_budget_arm_is_planned_and_compared(bench):
     arms, v = bench['arms'], bench['verdict']
     mode = bench['modes'].MODES['efficiency']
     plan = {a.name: a for a in arms.plan_arms(mode)}
-    assert len(plan) == 38  # the protocol's runs
+    assert len(plan) == 46  # the protocol's runs, InfoBatch seeds 1-4 included
     kcd = plan['kcd_60k_b70_s0']
     assert kcd.budget == 0.698 and kcd.config.endswith('kcd_fashionmnist_'
                                                        '500pc.py')
