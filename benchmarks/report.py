@@ -33,7 +33,8 @@ def aggregate(results: List[Dict]) -> List[Dict]:
     Returns:
         list[dict]: One row per group, in order of first appearance:
         top-1 means and standard deviations, samples against KD, timings
-        and the KCD schedule (theta, K; None without KCD).
+        and the KCD schedule (theta, K; None without KCD; InfoBatch's
+        own fixed r where it has one).
     """
     groups: Dict[Tuple, List[Dict]] = {}
     for r in results:
@@ -65,7 +66,10 @@ def aggregate(results: List[Dict]) -> List[Dict]:
                  if rs[0]['hook'] else None,
                  num_steps=rs[0]['hook'].get('num_steps',
                                              REFERENCE['num_steps'])
-                 if rs[0]['hook'] else None))
+                 if rs[0]['hook'] else None,
+                 # InfoBatch at its own fixed r plans no schedule
+                 infobatch_ratio=(rs[0]['hook'] or {}).get(
+                     'infobatch_ratio')))
     return rows
 
 
@@ -135,7 +139,8 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
             if r['budget'] is None and not r.get('variant')]
     for r in sorted(main, key=lambda r: list(ARMS).index(r['arm'])):
         n = len(r['seeds'])
-        sched = (f'{r["theta"]}, {r["num_steps"]}'
+        sched = (f'r = {r["infobatch_ratio"]}' if r.get('infobatch_ratio')
+                 else f'{r["theta"]}, {r["num_steps"]}'
                  if r['theta'] is not None else '-')
         cap = ' (capped)' if r['capped'] else ''
         accs = ' | '.join(
@@ -198,12 +203,16 @@ def _column(arm: str) -> str:
 def _curve_lines(curve: List[Dict], main: List[Dict],
                  mode: Mode) -> List[str]:
     """The budget curve: per budget, each of ``mode.budget_arms``'s
-    held-out / test top-1 (InfoBatch with the samples it reached)."""
+    held-out / test top-1 at the last checkpoint (InfoBatch with the
+    samples it reached)."""
     first = mode.budget_arms[0]
     top = next((r for r in main if r['arm'] == first), None)
-    lines = ['', 'Budget curve (seed 0 unless a seed count is given'
+    lines = ['', 'Budget curve, last checkpoint (seed 0 unless a seed '
+             'count is given'
              + (f'; the main arms above are the {top["samples_vs_kd"]:.3f}'
-                ' point' if top else '') + '):', '',
+                ' point' if top else '')
+             + '; the best held-out checkpoints are in the paired table):',
+             '',
              '| budget | theta, K | ' + ' | '.join(
                  f'{_column(a)} held-out / test' for a in mode.budget_arms)
              + ' |', '|---|---|' + '---|' * len(mode.budget_arms)]

@@ -153,7 +153,9 @@ def test_dist_train_two_cpu_ranks(kd_config, tmp_path):
     work_dir = str(tmp_path / 'dist')
     out = run_tool(['tools/dist_train.sh', kd_config, '2', '--work-dir',
                     work_dir],
-                   env=dict(PORT=str(free_port()))).stdout
+                   # unset, so that the launcher's own default is checked
+                   env=dict(PORT=str(free_port()),
+                            OMP_NUM_THREADS=None)).stdout
     for rank in (0, 1):
         # kcd_mm.compat's shim let mmengine's own launcher start gloo.
         assert (f'rank {rank}/2 joined a gloo process group (pytorch '
