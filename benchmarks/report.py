@@ -33,8 +33,8 @@ def aggregate(results: List[Dict]) -> List[Dict]:
     Returns:
         list[dict]: One row per group, in order of first appearance:
         top-1 means and standard deviations, samples against KD, timings
-        and the KCD schedule (theta, K; None without KCD; InfoBatch's
-        own fixed r where it has one).
+        and the KCD schedule (theta, K; None without KCD and for
+        InfoBatch at its own fixed r, which ``infobatch_ratio`` holds).
     """
     groups: Dict[Tuple, List[Dict]] = {}
     for r in results:
@@ -46,6 +46,10 @@ def aggregate(results: List[Dict]) -> List[Dict]:
         test, test_sd = _mean_sd([r['test_top1'] for r in rs])
         hbest, hbest_sd = _mean_sd([r['holdout_best'] for r in rs])
         tbest, tbest_sd = _mean_sd([r['test_top1_best'] for r in rs])
+        hook = rs[0]['hook']
+        # InfoBatch at its own fixed r spends what r gives: no schedule
+        fixed_r = (hook or {}).get('infobatch_ratio')
+        planned = bool(hook) and fixed_r is None
         rows.append(
             dict(arm=arm, budget=budget, variant=variant,
                  seeds=[r['seed'] for r in rs],
@@ -62,14 +66,11 @@ def aggregate(results: List[Dict]) -> List[Dict]:
                                                for r in rs),
                  seconds_per_iter=_mean_sd(
                      [r['seconds_per_iter'] for r in rs])[0],
-                 theta=rs[0]['hook'].get('theta', REFERENCE['theta'])
-                 if rs[0]['hook'] else None,
-                 num_steps=rs[0]['hook'].get('num_steps',
-                                             REFERENCE['num_steps'])
-                 if rs[0]['hook'] else None,
-                 # InfoBatch at its own fixed r plans no schedule
-                 infobatch_ratio=(rs[0]['hook'] or {}).get(
-                     'infobatch_ratio')))
+                 theta=hook.get('theta', REFERENCE['theta'])
+                 if planned else None,
+                 num_steps=hook.get('num_steps', REFERENCE['num_steps'])
+                 if planned else None,
+                 infobatch_ratio=fixed_r))
     return rows
 
 
@@ -139,9 +140,10 @@ def markdown(summary: Dict, rows: List[Dict], mode: Mode,
             if r['budget'] is None and not r.get('variant')]
     for r in sorted(main, key=lambda r: list(ARMS).index(r['arm'])):
         n = len(r['seeds'])
-        sched = (f'r = {r["infobatch_ratio"]}' if r.get('infobatch_ratio')
-                 else f'{r["theta"]}, {r["num_steps"]}'
-                 if r['theta'] is not None else '-')
+        sched = (f'{r["theta"]}, {r["num_steps"]}'
+                 if r['theta'] is not None
+                 else f'r = {r["infobatch_ratio"]}'
+                 if r.get('infobatch_ratio') is not None else '-')
         cap = ' (capped)' if r['capped'] else ''
         accs = ' | '.join(
             _fmt(r.get(mean, math.nan), r.get(sd), n)

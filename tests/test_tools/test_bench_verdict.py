@@ -206,3 +206,20 @@ def test_matched_budget_arm_is_planned_and_compared(bench):
     row = lines[-1]
     assert '| 0.698 |' in row and '| [0] | +0.75 | +0.75 (1 seed) |' in row
     assert v.matched_lines(results[1:], mode.matched, arms.LABELS) == []
+
+
+def test_fixed_ratio_infobatch_reports_no_kcd_schedule(bench):
+    """InfoBatch at its own r spends what r gives: its row names r, not
+    the theta and K of a schedule it never planned (the committed
+    efficiency results, aggregated as the run does)."""
+    with open(osp.join(repo_root(), 'benchmarks', 'results',
+                       'bench_efficiency.json')) as f:
+        results = json.load(f)['arms']
+    rows = {(r['arm'], r['budget']): r
+            for r in bench['report'].aggregate(results)}
+    infobatch, kcd = rows[('infobatch_60k', None)], rows[('kcd_60k', None)]
+    assert (infobatch['theta'], infobatch['num_steps']) == (None, None)
+    assert infobatch['infobatch_ratio'] == 0.5
+    assert (kcd['theta'], kcd['num_steps'], kcd['infobatch_ratio']) == (
+        0.7, 6, None)
+    assert rows[('kd_60k', None)]['theta'] is None
